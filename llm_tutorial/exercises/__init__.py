@@ -1,0 +1,106 @@
+"""Auto-checked exercises with friendly feedback and hidden reference solutions.
+
+Each notebook ``NN_topic.ipynb`` has a module ``llm_tutorial.exercises.chNN`` that defines its
+exercises with :func:`exercise`. In the notebook a learner writes an answer and calls::
+
+    from llm_tutorial import exercises
+    exercises.check("01.fertility", my_fertility)      # prints ✅ or ❌ with a hint
+    exercises.show_solution("01.fertility")            # in a collapsed cell: the reference
+
+A checker receives the learner's answer (a value or a function) and returns ``None`` when it is
+right, or a hint string saying what is wrong. The reference solution is a plain function whose
+source is what :func:`show_solution` prints; the test-suite runs every checker on its reference
+(must pass) and on a wrong answer (must fail with a message).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Checker = Callable[[Any], "str | None"]
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """A question, a checker, a reference answer, and a wrong answer used to test the checker."""
+
+    key: str  # "NN.short-name"
+    question: str
+    checker: Checker
+    solution: Callable[..., Any]  # the reference: a function, or a function returning the value
+    solution_is_value: bool  # True: the answer is ``solution()``; False: the answer is ``solution``
+    wrong_answer: Any  # an answer the checker must reject (tested)
+
+    def reference_answer(self) -> Any:
+        return self.solution() if self.solution_is_value else self.solution
+
+
+_REGISTRY: dict[str, Exercise] = {}
+
+
+def exercise(key: str, question: str, checker: Checker, *, wrong_answer: Any,
+             answer_is_value: bool = False) -> Callable[[Callable], Callable]:
+    """Decorator that registers the decorated function as the reference solution of ``key``."""
+
+    def register(solution: Callable) -> Callable:
+        if key in _REGISTRY:
+            raise ValueError(f"exercise {key!r} is defined twice")
+        _REGISTRY[key] = Exercise(key, question, checker, solution, answer_is_value, wrong_answer)
+        return solution
+
+    return register
+
+
+def _load_all() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        if module.name.startswith("ch"):
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+def all_exercises() -> dict[str, Exercise]:
+    """Every registered exercise, keyed by ``NN.name``."""
+    _load_all()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get(key: str) -> Exercise:
+    """One exercise by key; unknown keys raise ``KeyError`` listing the known ones."""
+    exercises = all_exercises()
+    if key not in exercises:
+        raise KeyError(f"unknown exercise {key!r}; known exercises: {', '.join(exercises)}")
+    return exercises[key]
+
+
+def evaluate(key: str, answer: Any) -> str | None:
+    """Run the checker quietly: ``None`` if the answer is right, otherwise the hint."""
+    ex = get(key)
+    if answer is None or answer is Ellipsis:
+        return "no answer yet: replace the `...` / `None` placeholder with your answer"
+    try:
+        return ex.checker(answer)
+    except NotImplementedError:
+        return "your function still raises NotImplementedError: fill in its body"
+    except Exception as error:  # a learner's bug is feedback, not a crash
+        return f"your answer raised {type(error).__name__}: {error}"
+
+
+def check(key: str, answer: Any) -> bool:
+    """Check a learner's answer, print friendly feedback, and return whether it is right."""
+    hint = evaluate(key, answer)
+    if hint is None:
+        print(f"✅ {key}: correct.")
+        return True
+    print(f"❌ {key}: not yet. {hint}")
+    return False
+
+
+def show_solution(key: str) -> None:
+    """Print the question and the reference solution's source code."""
+    ex = get(key)
+    print(f"# {key}: {ex.question}\n")
+    print(inspect.getsource(ex.solution))

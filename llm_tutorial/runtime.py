@@ -1,0 +1,115 @@
+"""Runtime: which profile we run in, on which device, and how to make a run repeatable.
+
+Every notebook starts by asking three questions:
+
+1. **Which profile?** ``smoke`` is small, CPU-only and deterministic: it is what CI runs and
+   what the committed notebook outputs show. ``full`` uses a GPU, more data and more steps,
+   and reaches the quality numbers the course quotes. The same code runs in both; only the
+   sizes differ.
+2. **Which device?** CUDA if present, then Apple's MPS, then the CPU.
+3. **Which seed?** :func:`seed_everything` seeds Python, NumPy and PyTorch and switches PyTorch
+   to deterministic algorithms, so that two runs print the same numbers.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import random
+
+import numpy as np
+import torch
+
+PROFILES = ("smoke", "full")
+ENV_VAR = "LLM_TUTORIAL_PROFILE"
+
+
+def get_profile(value: str | None = None) -> str:
+    """Return the active profile: the argument, else ``$LLM_TUTORIAL_PROFILE``, else automatic.
+
+    Automatic means ``full`` when a CUDA GPU is visible and ``smoke`` otherwise. Values are
+    case-insensitive; an empty string counts as unset (papermill passes ``""`` for "no value").
+    """
+    for source, candidate in (("argument", value), (ENV_VAR, os.environ.get(ENV_VAR))):
+        if candidate is None or str(candidate).strip() == "":
+            continue
+        if not isinstance(candidate, str):
+            raise TypeError(f"profile must be a string such as 'smoke', got {type(candidate).__name__}")
+        name = candidate.strip().lower()
+        if name not in PROFILES:
+            raise ValueError(
+                f"unknown profile {candidate!r} (from the {source}); choose one of {', '.join(PROFILES)}"
+            )
+        return name
+    return "full" if torch.cuda.is_available() else "smoke"
+
+
+def get_device(profile: str | None = None) -> torch.device:
+    """The best available device: ``cuda`` > ``mps`` > ``cpu``.
+
+    The ``smoke`` profile always uses the CPU, because its outputs must be bit-for-bit
+    repeatable and identical to the committed ones.
+    """
+    if profile is not None and get_profile(profile) == "smoke":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int = 0, deterministic: bool = True) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch (all devices) and return a seeded ``torch.Generator``.
+
+    With ``deterministic=True`` PyTorch is told to use deterministic algorithms only (warning,
+    not failing, where an operation has none), cuDNN autotuning is switched off, and cuBLAS gets
+    the workspace setting it needs for reproducible matrix products.
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    return torch.Generator().manual_seed(seed)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def describe_environment(profile: str | None = None) -> dict[str, str]:
+    """A flat ``{name: value}`` summary of this machine, for the first cell of every notebook.
+
+    It lists Python and library versions, the device, the profile, and which offline assets
+    (models and data sets) are installed, so a learner sees at once what will run.
+    """
+    from . import assets  # local import: assets imports this module
+
+    device = get_device(profile)
+    info: dict[str, str] = {
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "cpu cores": str(os.cpu_count()),
+        "profile": get_profile(profile),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    for package in ("torch", "transformers", "tokenizers", "peft", "numpy", "pandas", "scikit-learn"):
+        info[package] = _version(package) or "not installed"
+    for name, available in assets.available_assets().items():
+        info[f"asset: {name}"] = "installed" if available else f"missing ({assets.ASSETS[name].install})"
+    return info

@@ -1,0 +1,734 @@
+"""
+# The training loop
+
+Every chapter of this course trains something: a bigram model, a tiny GPT, a BERT
+fine-tune, a LoRA adapter. They all share *this* loop, so that what changes from
+chapter to chapter is the model and the data, never the plumbing.
+
+The loop is the textbook one, written out so that it can be read top to bottom:
+
+1. pull a micro-batch from the data (starting the data over when it runs out),
+2. move it to the device and run the forward pass, optionally under bf16 autocast,
+3. scale the loss by `1 / grad_accum_steps` and call `backward()`,
+4. after `grad_accum_steps` micro-batches, clip the gradient norm, step AdamW,
+   step the learning-rate schedule, and clear the gradients,
+5. every `log_every` steps, write a row to a `pandas.DataFrame` history;
+   every `eval_every` steps (and at the end), evaluate on held-out data.
+
+The only concession to speed is that the running loss is kept as a tensor on the
+device and turned into a Python number (which forces the device to synchronise)
+only at log points. With that, the loop costs the same as a bare PyTorch loop.
+
+Checkpoints are [safetensors](https://huggingface.co/docs/safetensors) files, never
+pickles: loading a checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_model
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = [
+    "SCHEDULES",
+    "MIXED_PRECISION_MODES",
+    "TrainConfig",
+    "lr_lambda",
+    "make_optimizer",
+    "make_scheduler",
+    "compute_loss",
+    "evaluate",
+    "Trainer",
+    "train",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
+SCHEDULES = ("linear", "cosine", "constant")
+MIXED_PRECISION_MODES = ("auto", "bf16", "no")
+
+# Columns every history has, in this order; `eval_fn` metrics are appended after them.
+HISTORY_COLUMNS = ("step", "train_loss", "lr", "eval_loss", "tokens", "elapsed_s")
+
+# Label value that Hugging Face losses (and `nn.CrossEntropyLoss`) ignore.
+IGNORE_INDEX = -100
+
+
+def _is_int(value: Any) -> bool:
+    """`True` for real integers; `bool` is an `int` subclass but never a step count."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass
+class TrainConfig:
+    """
+    ## Training configuration
+
+    Everything the loop needs to know besides the model and the data.
+
+    * `max_steps` counts *optimizer* steps; each consumes `grad_accum_steps` micro-batches.
+    * `warmup_steps` is a number of steps when it is an `int`, and a fraction of
+      `max_steps` when it is a `float` in `[0, 1)`; `num_warmup_steps` resolves it.
+    * `schedule` is what the learning rate does after warm-up: decay linearly to zero,
+      follow a half cosine to zero, or stay constant.
+    * `mixed_precision="auto"` means bf16 autocast on a CUDA GPU that supports it and
+      full precision everywhere else; `"bf16"` forces autocast (also on the CPU).
+    * `eval_every=None` evaluates only once, at the end (if there is evaluation data).
+    """
+
+    max_steps: int
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int | float = 0.1
+    schedule: str = "linear"
+    grad_accum_steps: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "auto"
+    eval_every: int | None = None
+    log_every: int = 10
+    progress: bool = True
+    desc: str = "train"
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.max_steps) or self.max_steps <= 0:
+            raise ValueError(f"max_steps must be a positive int, got {self.max_steps!r}")
+        if not _is_number(self.lr) or not self.lr > 0:
+            raise ValueError(f"lr must be a positive number (e.g. 5e-4), got {self.lr!r}")
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(
+                f"weight_decay must be a number >= 0 (0 disables it), got {self.weight_decay!r}"
+            )
+        if (
+            not isinstance(self.betas, (tuple, list))
+            or len(self.betas) != 2
+            or not all(_is_number(b) and 0 <= b < 1 for b in self.betas)
+        ):
+            raise ValueError(
+                f"betas must be two numbers in [0, 1), e.g. (0.9, 0.999), got {self.betas!r}"
+            )
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if _is_int(self.warmup_steps):
+            if not 0 <= self.warmup_steps <= self.max_steps:
+                raise ValueError(
+                    f"warmup_steps={self.warmup_steps} must be between 0 and "
+                    f"max_steps={self.max_steps}; use fewer steps or a fraction such as 0.1"
+                )
+        elif isinstance(self.warmup_steps, float):
+            if not 0 <= self.warmup_steps < 1:
+                raise ValueError(
+                    f"a float warmup_steps is a fraction of max_steps and must be in [0, 1), "
+                    f"got {self.warmup_steps!r}; pass an int to give a number of steps"
+                )
+        else:
+            raise ValueError(
+                f"warmup_steps must be an int (steps) or a float in [0, 1) (fraction of "
+                f"max_steps), got {self.warmup_steps!r}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not _is_int(self.grad_accum_steps) or self.grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be an int >= 1, got {self.grad_accum_steps!r}")
+        if self.max_grad_norm is not None and (
+            not _is_number(self.max_grad_norm) or not self.max_grad_norm > 0
+        ):
+            raise ValueError(
+                f"max_grad_norm must be a positive number, or None to disable clipping, "
+                f"got {self.max_grad_norm!r}"
+            )
+        if self.mixed_precision not in MIXED_PRECISION_MODES:
+            raise ValueError(
+                f"mixed_precision must be one of {MIXED_PRECISION_MODES}, "
+                f"got {self.mixed_precision!r}"
+            )
+        if self.eval_every is not None and (not _is_int(self.eval_every) or self.eval_every <= 0):
+            raise ValueError(
+                f"eval_every must be a positive int, or None to evaluate only at the end, "
+                f"got {self.eval_every!r}"
+            )
+        if not _is_int(self.log_every) or self.log_every <= 0:
+            raise ValueError(f"log_every must be a positive int, got {self.log_every!r}")
+
+    @property
+    def num_warmup_steps(self) -> int:
+        """Warm-up length in optimizer steps (a fraction is rounded to the nearest step)."""
+        if _is_int(self.warmup_steps):
+            return self.warmup_steps
+        return round(self.warmup_steps * self.max_steps)
+
+
+def lr_lambda(step: int, *, max_steps: int, warmup_steps: int, schedule: str) -> float:
+    """
+    ## Learning-rate multiplier
+
+    The factor in `[0, 1]` by which the base learning rate is multiplied at optimizer
+    step `step` (counting from 0, as `LambdaLR` does).
+
+    During warm-up the factor climbs linearly as `(step + 1) / (warmup_steps + 1)`:
+    small but not zero at the very first step (so no step is wasted), and exactly 1
+    at `step == warmup_steps`. After that, with `progress` going from 0 to 1 over
+    the remaining steps,
+
+    * `"linear"` gives `1 - progress`,
+    * `"cosine"` gives `(1 + cos(pi * progress)) / 2`,
+    * `"constant"` stays at 1.
+
+    Both decaying schedules reach 0 at `step == max_steps` and stay there.
+    """
+    if not _is_int(step) or step < 0:
+        raise ValueError(f"step must be an int >= 0, got {step!r}")
+    if not _is_int(max_steps) or max_steps <= 0:
+        raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+    if not _is_int(warmup_steps) or not 0 <= warmup_steps <= max_steps:
+        raise ValueError(
+            f"warmup_steps must be an int between 0 and max_steps={max_steps}, got {warmup_steps!r}"
+        )
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _check_config(config: Any) -> TrainConfig:
+    if not isinstance(config, TrainConfig):
+        raise TypeError(
+            f"config must be a TrainConfig, got {type(config).__name__}; "
+            f"build one with TrainConfig(max_steps=...)"
+        )
+    return config
+
+
+def _check_model(model: Any) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """
+    ## AdamW with two parameter groups
+
+    Weight decay pulls weights towards zero. That is a sensible prior for matrices
+    (linear layers, embeddings) but not for biases or the gains of LayerNorm, which
+    should be free to sit wherever the data puts them. The usual rule of thumb, used
+    here, is to decay parameters with two or more dimensions and leave every 1-D
+    parameter alone. Frozen parameters (`requires_grad=False`) are left out entirely,
+    which is what makes adapters such as LoRA train only their own weights.
+    """
+    _check_model(model)
+    _check_config(config)
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    if not decay and not no_decay:
+        raise ValueError(
+            "the model has no trainable parameters; set requires_grad=True on the "
+            "parameters you want to train"
+        )
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A `LambdaLR` that follows `lr_lambda` for the warm-up and schedule in `config`."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
+    _check_config(config)
+    factor = functools.partial(
+        lr_lambda,
+        max_steps=config.max_steps,
+        warmup_steps=config.num_warmup_steps,
+        schedule=config.schedule,
+    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def compute_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    """
+    ## One forward pass, one loss
+
+    A batch that is a `dict` is passed as keyword arguments, `model(**batch)`, which is
+    how Hugging Face models take `input_ids`, `attention_mask` and `labels`; a tuple or
+    list is passed positionally, `model(*batch)`; a lone tensor is passed as is.
+
+    The model may return the loss itself (a scalar tensor), an object with a `.loss`
+    attribute (Hugging Face's `ModelOutput`), or a `dict` with a `"loss"` key.
+    """
+    if isinstance(batch, Mapping):
+        output = model(**batch)
+    elif isinstance(batch, (tuple, list)):
+        output = model(*batch)
+    elif isinstance(batch, torch.Tensor):
+        output = model(batch)
+    else:
+        raise TypeError(
+            f"a batch must be a dict (passed as model(**batch)), a tuple/list "
+            f"(model(*batch)) or a tensor, got {type(batch).__name__}"
+        )
+
+    if isinstance(output, torch.Tensor):
+        loss = output
+    elif isinstance(output, Mapping) and "loss" in output:
+        loss = output["loss"]
+    else:
+        loss = getattr(output, "loss", None)
+    if not isinstance(loss, torch.Tensor):
+        hint = (
+            " (a Hugging Face model only computes a loss when the batch has 'labels')"
+            if hasattr(output, "logits")
+            else ""
+        )
+        raise TypeError(
+            f"the model's forward must return a scalar loss tensor, an object with a "
+            f".loss attribute, or a dict with a 'loss' key; got {type(output).__name__}"
+            f"{hint}"
+        )
+    if loss.ndim != 0:
+        raise TypeError(
+            f"the model's forward returned a tensor of shape {tuple(loss.shape)}, but it must "
+            f"return a scalar loss; compute the loss inside forward and reduce it (e.g. .mean())"
+        )
+    return loss
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    """Move every tensor inside a (nested) dict, tuple or list to `device`."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {key: _to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_device(value, device) for value in batch)
+    return batch
+
+
+def _first_tensor(batch: Any) -> torch.Tensor | None:
+    if isinstance(batch, torch.Tensor):
+        return batch
+    values = batch.values() if isinstance(batch, Mapping) else batch
+    if isinstance(batch, (Mapping, tuple, list)):
+        for value in values:
+            if isinstance(value, torch.Tensor):
+                return value
+    return None
+
+
+def _count_tokens(batch: Any) -> int:
+    """Elements of `input_ids` if the batch has them, otherwise of its first tensor."""
+    if isinstance(batch, Mapping) and isinstance(batch.get("input_ids"), torch.Tensor):
+        return batch["input_ids"].numel()
+    tensor = _first_tensor(batch)
+    return 0 if tensor is None else tensor.numel()
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        raise ValueError(
+            "the model has no parameters, so its device is unknown; pass device=..."
+        ) from None
+
+
+def _autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast for `"bf16"`, a do-nothing context for `"no"`."""
+    if mixed_precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _resolve_mixed_precision(mode: str, device: torch.device) -> str:
+    """Turn `"auto"` into `"bf16"` on a bf16-capable CUDA device and `"no"` elsewhere."""
+    if mode != "auto":
+        return mode
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def evaluate(
+    model: nn.Module,
+    data: Iterable[Any],
+    device: torch.device | str | None = None,
+    max_batches: int | None = None,
+) -> float:
+    """
+    ## Evaluation loss
+
+    The mean loss over `data` (at most `max_batches` batches), computed in eval mode
+    (dropout off) without building a graph.
+
+    Averaging per-batch means is wrong for token-level losses when batches contain
+    different numbers of real tokens, so when a batch is a dict with `"labels"`, its
+    loss is weighted by the number of labels that are not `-100` (the value Hugging
+    Face uses for padding and for tokens that should not be scored). Other batches
+    all count equally. The model's train/eval mode is restored afterwards.
+    """
+    _check_model(model)
+    if max_batches is not None and (not _is_int(max_batches) or max_batches <= 0):
+        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+    device = _model_device(model) if device is None else torch.device(device)
+
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    weight = torch.zeros((), device=device, dtype=torch.float64)
+    n_batches = 0
+    try:
+        with torch.no_grad():
+            for batch in data:
+                if max_batches is not None and n_batches >= max_batches:
+                    break
+                batch = _to_device(batch, device)
+                loss = compute_loss(model, batch).detach().double()
+                labels = batch.get("labels") if isinstance(batch, Mapping) else None
+                if isinstance(labels, torch.Tensor):
+                    w = (labels != IGNORE_INDEX).sum().double()
+                    # A batch with no scored tokens has a NaN loss but contributes nothing.
+                    total += torch.where(w > 0, loss * w, torch.zeros_like(loss))
+                else:
+                    w = torch.ones((), device=device, dtype=torch.float64)
+                    total += loss
+                weight += w
+                n_batches += 1
+    finally:
+        model.train(was_training)
+    if n_batches == 0:
+        raise ValueError("the evaluation data yielded no batches; pass a non-empty dataset")
+    if weight.item() == 0:
+        return float("nan")
+    return (total / weight).item()
+
+
+class Trainer:
+    """
+    ## The trainer
+
+    Holds the model, the data, the optimizer and the schedule, and runs the loop
+    described at the top of this file. `train()` returns `history`, a `DataFrame`
+    with one row per log point; the optimizer and scheduler are built in the
+    constructor, so they can be inspected (or replaced) before training.
+
+    * `train_data` is anything that can be iterated over more than once, such as a
+      `DataLoader` or a list of batches. It is started over when it runs out, so a
+      small dataset can be trained on for many steps.
+    * `eval_data`, if given, is scored with `evaluate` every `eval_every` steps and at
+      the end; `eval_fn(model) -> dict[str, float]` adds metrics of your own (accuracy,
+      a generated sample's length, ...) at the same moments.
+    * `device` defaults to wherever the model's parameters already are; if you pass a
+      different one, the model is moved there. Batches are moved for you.
+
+    Calling `train()` again after an interruption picks up where it stopped; calling
+    it after `max_steps` does nothing. Like PyTorch itself, the trainer leaves the
+    model in train mode: call `model.eval()` before inference.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_data: Iterable[Any],
+        config: TrainConfig,
+        eval_data: Iterable[Any] | None = None,
+        device: torch.device | str | None = None,
+        eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
+    ) -> None:
+        self.model = _check_model(model)
+        self.config = _check_config(config)
+        for name, data in (("train_data", train_data), ("eval_data", eval_data)):
+            if data is None and name == "eval_data":
+                continue
+            if not isinstance(data, Iterable):
+                raise TypeError(f"{name} must be iterable (a DataLoader or list of batches)")
+            if isinstance(data, Iterator):
+                raise TypeError(
+                    f"{name} is a one-shot iterator (e.g. a generator), but the trainer "
+                    f"needs to iterate over it again; pass a DataLoader or list(...) instead"
+                )
+        if eval_fn is not None and not callable(eval_fn):
+            raise TypeError("eval_fn must be a callable model -> dict[str, float], or None")
+        self.train_data = train_data
+        self.eval_data = eval_data
+        self.eval_fn = eval_fn
+
+        if device is None:
+            self.device = _model_device(model)
+        else:
+            self.device = torch.device(device)
+            model.to(self.device)
+        self.mixed_precision = _resolve_mixed_precision(config.mixed_precision, self.device)
+
+        self.optimizer = make_optimizer(model, config)
+        self.scheduler = make_scheduler(self.optimizer, config)
+        self._params = [p for p in model.parameters() if p.requires_grad]
+
+        self.step = 0
+        self.tokens = 0
+        self.elapsed_s = 0.0
+        self.steps_per_second = float("nan")
+        self.tokens_per_second = float("nan")
+        self._rows: list[dict[str, float]] = []
+        self._data_iter: Iterator[Any] | None = None
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """The log so far as a `DataFrame`: `step, train_loss, lr, eval_loss, tokens,
+        elapsed_s`, then any `eval_fn` metrics (`NaN` where not evaluated)."""
+        columns = list(HISTORY_COLUMNS)
+        for row in self._rows:
+            columns += [key for key in row if key not in columns]
+        return pd.DataFrame(self._rows, columns=columns)
+
+    def _next_batch(self) -> Any:
+        """The next micro-batch, starting the data over when it is exhausted."""
+        if self._data_iter is not None:
+            try:
+                return next(self._data_iter)
+            except StopIteration:
+                pass
+        self._data_iter = iter(self.train_data)
+        try:
+            return next(self._data_iter)
+        except StopIteration:
+            raise ValueError("train_data yielded no batches; pass a non-empty dataset") from None
+
+    def _evaluate(self) -> dict[str, float]:
+        """`eval_loss` on `eval_data` (NaN if there is none) plus the `eval_fn` metrics."""
+        metrics = {"eval_loss": float("nan")}
+        with _autocast(self.device, self.mixed_precision):
+            if self.eval_data is not None:
+                metrics["eval_loss"] = evaluate(self.model, self.eval_data, self.device)
+            if self.eval_fn is not None:
+                was_training = self.model.training
+                self.model.eval()
+                try:
+                    with torch.no_grad():
+                        extra = self.eval_fn(self.model)
+                finally:
+                    self.model.train(was_training)
+                if not isinstance(extra, Mapping):
+                    raise TypeError(
+                        f"eval_fn must return a dict of metric name -> float, "
+                        f"got {type(extra).__name__}"
+                    )
+                for key, value in extra.items():
+                    if key in HISTORY_COLUMNS:
+                        raise ValueError(
+                            f"eval_fn returned the metric {key!r}, which clashes with a "
+                            f"history column {HISTORY_COLUMNS}; rename it"
+                        )
+                    metrics[str(key)] = float(value)
+        return metrics
+
+    def train(self) -> pd.DataFrame:
+        """
+        Run the loop up to `config.max_steps` optimizer steps and return `history`.
+        """
+        config, model = self.config, self.model
+        optimizer, scheduler = self.optimizer, self.scheduler
+        accum = config.grad_accum_steps
+        do_eval = self.eval_data is not None or self.eval_fn is not None
+
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        # The running loss stays on the device; `.item()` (a sync) happens only at log points.
+        running_loss = torch.zeros((), device=self.device)
+        steps_since_log = 0
+        start = time.perf_counter() - self.elapsed_s
+        bar = tqdm(
+            total=config.max_steps,
+            initial=self.step,
+            desc=config.desc,
+            disable=not config.progress,
+            dynamic_ncols=True,
+        )
+        try:
+            while self.step < config.max_steps:
+                for _ in range(accum):
+                    batch = _to_device(self._next_batch(), self.device)
+                    self.tokens += _count_tokens(batch)
+                    with _autocast(self.device, self.mixed_precision):
+                        loss = compute_loss(model, batch)
+                    (loss / accum).backward()
+                    running_loss += loss.detach().float()
+
+                if config.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self._params, config.max_grad_norm)
+                lr = scheduler.get_last_lr()[0]  # the rate this step was taken with
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                steps_since_log += 1
+                bar.update(1)
+
+                is_last = self.step == config.max_steps
+                is_eval = do_eval and (
+                    is_last
+                    or (config.eval_every is not None and self.step % config.eval_every == 0)
+                )
+                if is_last or is_eval or self.step % config.log_every == 0:
+                    train_loss = running_loss.item() / (steps_since_log * accum)
+                    running_loss.zero_()
+                    steps_since_log = 0
+                    row = {"step": self.step, "train_loss": train_loss, "lr": lr}
+                    row.update(self._evaluate() if is_eval else {"eval_loss": float("nan")})
+                    self.elapsed_s = time.perf_counter() - start
+                    row.update(tokens=self.tokens, elapsed_s=self.elapsed_s)
+                    self._rows.append(row)
+                    bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+        finally:
+            bar.close()
+            self.elapsed_s = time.perf_counter() - start
+
+        # Wall-clock rates over all of training so far, evaluation included.
+        run_time = max(self.elapsed_s, 1e-12)
+        self.steps_per_second = self.step / run_time
+        self.tokens_per_second = self.tokens / run_time
+        return self.history
+
+
+def train(
+    model: nn.Module,
+    train_data: Iterable[Any],
+    config: TrainConfig,
+    eval_data: Iterable[Any] | None = None,
+    device: torch.device | str | None = None,
+    eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
+) -> pd.DataFrame:
+    """Shorthand for `Trainer(model, train_data, config, ...).train()`."""
+    return Trainer(model, train_data, config, eval_data, device, eval_fn).train()
+
+
+def save_checkpoint(
+    model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None
+) -> Path:
+    """
+    ## Saving
+
+    Write the model's `state_dict` to a safetensors file, creating parent folders.
+    Tied weights (a language model's input embedding and output projection are often
+    the same tensor) are stored once, which is why this goes through
+    `safetensors.torch.save_model` rather than `save_file`. `metadata` is a flat
+    `dict[str, str]` (a config as JSON, a git hash, ...) returned by `load_checkpoint`.
+    """
+    _check_model(model)
+    if metadata is not None and (
+        not isinstance(metadata, Mapping)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+    ):
+        raise TypeError(
+            "metadata must be a dict[str, str]; turn other values into strings first, "
+            "e.g. json.dumps(config)"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # `save_model` adds entries for dropped duplicate tensors, so give it a copy.
+    save_model(model, str(path), metadata=dict(metadata) if metadata else None)
+    return path
+
+
+def _shared_groups(state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
+    """Map each state key to all keys that are views of the very same tensor data."""
+    by_data: dict[tuple, list[str]] = {}
+    for key, tensor in state.items():
+        if tensor.numel() == 0:
+            by_data[("empty", key)] = [key]
+            continue
+        ident = (tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.stride())
+        by_data.setdefault(ident, []).append(key)
+    return {key: keys for keys in by_data.values() for key in keys}
+
+
+def _first_few(keys: Iterable[str], n: int = 5) -> str:
+    keys = sorted(keys)
+    more = f" (and {len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> dict[str, str]:
+    """
+    ## Loading
+
+    Copy the tensors of a `save_checkpoint` file into `model` and return the file's
+    metadata. Nothing is unpickled, so a checkpoint from anywhere is safe to open.
+
+    A tensor whose shape differs from the model's is always an error (it means the
+    model was built with a different config). With `strict=True` (the default),
+    missing or unexpected keys are errors too; `strict=False` loads what matches.
+    A tied weight counts as present when any of the names it goes by is in the file.
+    """
+    _check_model(model)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}; save one with save_checkpoint")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as error:  # safetensors raises its own error types for bad files
+        raise ValueError(
+            f"{path} is not a valid safetensors checkpoint ({type(error).__name__}: {error}); "
+            f"it may be truncated or in another format - re-save it with save_checkpoint"
+        ) from error
+
+    state = model.state_dict()
+    groups = _shared_groups(state)
+    mismatched = [
+        f"{key} (file {tuple(tensors[key].shape)}, model {tuple(state[key].shape)})"
+        for key in state
+        if key in tensors and tensors[key].shape != state[key].shape
+    ]
+    if mismatched:
+        raise ValueError(
+            f"checkpoint {path} does not fit the model; shape mismatch for "
+            f"{_first_few(mismatched)}. Build the model with the config it was trained with"
+        )
+    missing = [k for k in state if not any(alias in tensors for alias in groups[k])]
+    unexpected = [k for k in tensors if k not in state]
+    if strict and (missing or unexpected):
+        problems = []
+        if missing:
+            problems.append(f"missing keys: {_first_few(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys: {_first_few(unexpected)}")
+        raise ValueError(
+            f"checkpoint {path} does not match the model ({'; '.join(problems)}); "
+            f"check the model config, or pass strict=False to load only the matching keys"
+        )
+    model.load_state_dict({k: v for k, v in tensors.items() if k in state}, strict=False)
+
+    # Drop the notes `save_model` leaves about de-duplicated tied weights.
+    return {
+        key: value
+        for key, value in metadata.items()
+        if not (key in state and key not in tensors and value in tensors)
+    }

@@ -1,0 +1,447 @@
+"""Tests for `llm_tutorial.trainer`: the one training loop of the course."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertForMaskedLM
+
+from llm_tutorial.trainer import (
+    TrainConfig,
+    Trainer,
+    compute_loss,
+    evaluate,
+    load_checkpoint,
+    lr_lambda,
+    make_optimizer,
+    make_scheduler,
+    save_checkpoint,
+    train,
+)
+
+# ---------------------------------------------------------------------------- helpers
+
+
+class Regression(nn.Module):
+    """A linear model whose forward takes `(x, y)` and returns the MSE loss."""
+
+    def __init__(self, n_in: int = 4, n_out: int = 1) -> None:
+        super().__init__()
+        self.linear = nn.Linear(n_in, n_out)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(self.linear(x), y)
+
+
+def regression_data(n_batches: int = 8, batch_size: int = 8, seed: int = 0) -> list:
+    """Batches `(x, y)` with `y = x @ w + 0.5`: learnable exactly by `Regression`."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(4, 1, generator=g)
+    batches = []
+    for _ in range(n_batches):
+        x = torch.randn(batch_size, 4, generator=g)
+        batches.append((x, x @ w + 0.5))
+    return batches
+
+
+def tiny_bert(seed: int = 0) -> BertForMaskedLM:
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    return BertForMaskedLM(config)
+
+
+def bert_batches(n_batches: int = 4, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Copy task: predict each (visible) token. Learnable through the tied embeddings."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n_batches):
+        ids = torch.randint(5, 50, (4, 12), generator=g)
+        batches.append({"input_ids": ids, "labels": ids.clone()})
+    return batches
+
+
+def quiet(**kwargs) -> TrainConfig:
+    kwargs.setdefault("progress", False)
+    return TrainConfig(**kwargs)
+
+
+# ------------------------------------------------------------------------- learning
+
+
+def test_loss_decreases_on_regression():
+    torch.manual_seed(0)
+    model = Regression()
+    history = train(model, regression_data(), quiet(max_steps=60, lr=5e-2, log_every=10))
+    assert history["train_loss"].iloc[-1] < 0.1 * history["train_loss"].iloc[0]
+    assert model.training, "the trainer leaves the model in train mode"
+
+
+def test_hf_model_trains_and_evaluates():
+    model = tiny_bert()
+    data = bert_batches()
+    before = evaluate(model, data)
+    history = train(
+        model, data, quiet(max_steps=30, lr=1e-2, warmup_steps=3, log_every=10), eval_data=data
+    )
+    after = evaluate(model, data)
+    assert after < before - 0.5
+    assert history["eval_loss"].iloc[-1] == pytest.approx(after, rel=1e-5)
+
+
+def test_training_is_deterministic_given_a_seed():
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        model = Regression()
+        history = train(model, regression_data(), quiet(max_steps=12, lr=1e-2, log_every=4))
+        runs.append((history["train_loss"].tolist(), model.linear.weight.detach().clone()))
+    assert runs[0][0] == runs[1][0]
+    assert torch.equal(runs[0][1], runs[1][1])
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
+def test_lr_lambda_shape(schedule):
+    f = lambda step: lr_lambda(step, max_steps=100, warmup_steps=10, schedule=schedule)  # noqa: E731
+    assert f(0) < 0.1
+    warmup = [f(s) for s in range(11)]
+    assert warmup == sorted(warmup), "warm-up increases"
+    assert f(10) == pytest.approx(1.0)
+    values = [f(s) for s in range(0, 120)]
+    assert all(0.0 <= v <= 1.0 for v in values)
+    if schedule == "constant":
+        assert f(50) == f(99) == 1.0
+    else:
+        assert f(100) == pytest.approx(0.0, abs=1e-12)
+        assert f(119) == pytest.approx(0.0, abs=1e-12)
+        decay = [f(s) for s in range(10, 101)]
+        assert decay == sorted(decay, reverse=True), "decays monotonically after warm-up"
+        assert 0 < f(99) < 0.05, "the last optimizer step still has a small lr"
+    if schedule == "cosine":
+        assert f(55) == pytest.approx(0.5)
+    if schedule == "linear":
+        assert f(55) == pytest.approx(0.5)
+
+
+def test_lr_lambda_without_warmup_starts_at_one():
+    assert lr_lambda(0, max_steps=10, warmup_steps=0, schedule="linear") == 1.0
+
+
+def test_lr_lambda_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="schedule"):
+        lr_lambda(0, max_steps=10, warmup_steps=0, schedule="step")
+    with pytest.raises(ValueError, match="warmup_steps"):
+        lr_lambda(0, max_steps=10, warmup_steps=11, schedule="linear")
+
+
+def test_scheduler_follows_config_and_history_records_lr():
+    config = quiet(max_steps=20, lr=1e-2, warmup_steps=0.25, log_every=1)
+    assert config.num_warmup_steps == 5
+    model = Regression()
+    scheduler = make_scheduler(make_optimizer(model, config), config)
+    assert scheduler.get_last_lr()[0] == pytest.approx(1e-2 / 6)
+    history = train(Regression(), regression_data(), config)
+    expected = [
+        1e-2 * lr_lambda(s, max_steps=20, warmup_steps=5, schedule="linear") for s in range(20)
+    ]
+    assert history["lr"].tolist() == pytest.approx(expected)
+
+
+# -------------------------------------------------------------- accumulation, clipping
+
+
+def test_grad_accumulation_matches_one_big_batch():
+    ((x, y),) = regression_data(n_batches=1, batch_size=8)
+    torch.manual_seed(0)
+    big = Regression()
+    small = Regression()
+    small.load_state_dict(big.state_dict())
+
+    common = dict(max_steps=1, lr=1e-1, warmup_steps=0, max_grad_norm=None, weight_decay=0.1)
+    train(big, [(x, y)], quiet(**common))
+    micro = [(x[i : i + 2], y[i : i + 2]) for i in range(0, 8, 2)]
+    train(small, micro, quiet(grad_accum_steps=4, **common))
+
+    for p_big, p_small in zip(big.parameters(), small.parameters(), strict=True):
+        assert torch.allclose(p_big, p_small, atol=1e-6)
+
+
+def test_grad_accumulation_consumes_micro_batches_and_counts_tokens():
+    data = regression_data(n_batches=3, batch_size=8)
+    trainer = Trainer(Regression(), data, quiet(max_steps=5, grad_accum_steps=2, log_every=1))
+    history = trainer.train()
+    # 5 steps x 2 micro-batches x (8 x 4) first-tensor elements.
+    assert history["tokens"].tolist() == [64 * s for s in range(1, 6)]
+    assert trainer.tokens_per_second > 0 and trainer.steps_per_second > 0
+
+
+def test_clipping_bounds_the_gradient_norm():
+    data = [(x * 100, y * 100) for x, y in regression_data(n_batches=2)]  # huge gradients
+    norms = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+    for max_norm in (0.5, None):
+        torch.manual_seed(0)
+        trainer = Trainer(Regression(), data, quiet(max_steps=3, max_grad_norm=max_norm))
+        trainer.optimizer.register_step_pre_hook(record)
+        trainer.train()
+    clipped, unclipped = norms[:3], norms[3:]
+    assert all(n <= 0.5 + 1e-4 for n in clipped)
+    assert all(n > 10 for n in unclipped)
+
+
+def test_weight_decay_groups_exclude_biases_and_layernorm():
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    model[3].weight.requires_grad_(False)  # frozen: not in the optimizer at all
+    optimizer = make_optimizer(model, quiet(max_steps=1, weight_decay=0.1))
+    groups = {g["weight_decay"]: {id(p) for p in g["params"]} for g in optimizer.param_groups}
+    assert groups[0.1] == {id(model[0].weight), id(model[1].weight)}
+    assert groups[0.0] == {
+        id(model[1].bias),
+        id(model[2].weight),
+        id(model[2].bias),
+        id(model[3].bias),
+    }
+
+
+def test_make_optimizer_needs_trainable_parameters():
+    model = nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match="requires_grad"):
+        make_optimizer(model, quiet(max_steps=1))
+
+
+# --------------------------------------------------------------------- history, eval
+
+
+def test_history_columns_and_rows():
+    history = train(Regression(), regression_data(), quiet(max_steps=25, log_every=10))
+    assert isinstance(history, pd.DataFrame)
+    assert list(history.columns) == ["step", "train_loss", "lr", "eval_loss", "tokens", "elapsed_s"]
+    assert history["step"].tolist() == [10, 20, 25]
+    assert history["eval_loss"].isna().all()
+    assert history["elapsed_s"].is_monotonic_increasing
+
+
+def test_eval_loss_at_eval_points_and_eval_fn_metrics():
+    data = regression_data()
+    calls = []
+
+    def eval_fn(model):
+        calls.append((model.training, torch.is_grad_enabled()))
+        return {"weight_norm": model.linear.weight.norm().item()}
+
+    trainer = Trainer(
+        Regression(),
+        data,
+        quiet(max_steps=20, eval_every=7, log_every=10),
+        eval_data=data[:2],
+        eval_fn=eval_fn,
+    )
+    history = trainer.train()
+    assert history["step"].tolist() == [7, 10, 14, 20]
+    evaluated = history["eval_loss"].notna().tolist()
+    assert evaluated == [True, False, True, True]
+    assert history["weight_norm"].notna().tolist() == evaluated
+    assert calls == [(False, False)] * 3, "eval_fn runs in eval mode without gradients"
+    assert trainer.model.training
+    # Re-running after the end does nothing.
+    assert len(trainer.train()) == 4
+
+
+def test_evaluate_weights_batches_by_scored_labels_and_restores_mode():
+    class MeanLabel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = nn.Parameter(torch.zeros(()))
+
+        def forward(self, labels):
+            mask = labels != -100
+            return labels[mask].float().mean() + self.p
+
+    data = [
+        {"labels": torch.tensor([1, 1, 1, 1])},
+        {"labels": torch.tensor([3, -100, -100, -100])},
+    ]
+    model = MeanLabel().train()
+    assert evaluate(model, data) == pytest.approx(7 / 5)  # not the naive (1 + 3) / 2
+    assert evaluate(model, data, max_batches=1) == pytest.approx(1.0)
+    assert model.training
+    model.eval()
+    evaluate(model, data)
+    assert not model.training
+
+
+def test_bf16_autocast_on_cpu():
+    seen = []
+
+    class Probe(Regression):
+        def forward(self, x, y):
+            out = self.linear(x)
+            seen.append(out.dtype)
+            return nn.functional.mse_loss(out.float(), y)
+
+    history = train(Probe(), regression_data(), quiet(max_steps=3, mixed_precision="bf16"))
+    assert seen == [torch.bfloat16] * 3
+    assert math.isfinite(history["train_loss"].iloc[-1])
+    trainer = Trainer(Regression(), regression_data(), quiet(max_steps=1))
+    assert trainer.mixed_precision == "no", "auto means full precision on the CPU"
+
+
+def test_train_data_is_cycled():
+    seen = []
+
+    class Counting(Regression):
+        def forward(self, x, y):
+            seen.append(id(x))
+            return super().forward(x, y)
+
+    data = regression_data(n_batches=3)
+    train(Counting(), data, quiet(max_steps=10))
+    assert len(seen) == 10
+    assert seen == [id(x) for x, _ in data] * 3 + [id(data[0][0])]
+
+
+def test_progress_bar_runs(capsys):
+    trainer = Trainer(Regression(), regression_data(), TrainConfig(max_steps=3, desc="unit"))
+    trainer.train()
+    assert "unit" in capsys.readouterr().err
+
+
+def test_dict_batches_move_and_count_input_ids():
+    data = bert_batches(n_batches=2)
+    trainer = Trainer(tiny_bert(), data, quiet(max_steps=3, log_every=1), device="cpu")
+    assert trainer.train()["tokens"].tolist() == [48, 96, 144]
+
+
+# ------------------------------------------------------------------ errors and inputs
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_steps": 0}, "max_steps"),
+        ({"max_steps": 10, "lr": 0}, "lr"),
+        ({"max_steps": 10, "schedule": "step"}, "linear"),
+        ({"max_steps": 10, "mixed_precision": "fp16"}, "bf16"),
+        ({"max_steps": 10, "warmup_steps": 1.5}, "warmup_steps"),
+        ({"max_steps": 10, "warmup_steps": 11}, "warmup_steps"),
+        ({"max_steps": 10, "grad_accum_steps": 0}, "grad_accum_steps"),
+        ({"max_steps": 10, "max_grad_norm": -1.0}, "max_grad_norm"),
+        ({"max_steps": 10, "eval_every": 0}, "eval_every"),
+        ({"max_steps": 10, "log_every": 0}, "log_every"),
+        ({"max_steps": 10, "betas": (0.9,)}, "betas"),
+        ({"max_steps": 10, "weight_decay": -0.1}, "weight_decay"),
+    ],
+)
+def test_bad_configs_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_forward_must_return_a_loss():
+    with pytest.raises(TypeError, match="must return a scalar loss"):
+        compute_loss(nn.Linear(4, 1), (torch.randn(2, 4),))  # logits, not a loss
+    with pytest.raises(TypeError, match="must return"):
+        compute_loss(lambda x: (x, x), (torch.randn(2, 4),))
+    with pytest.raises(TypeError, match="labels"):  # HF model called without labels
+        compute_loss(tiny_bert(), {"input_ids": torch.randint(0, 50, (2, 5))})
+    with pytest.raises(TypeError, match="scalar"):
+        compute_loss(nn.Identity(), torch.ones(3))
+    loss = compute_loss(lambda **kw: {"loss": kw["x"].sum()}, {"x": torch.ones(2)})
+    assert loss.item() == 2.0
+
+
+def test_trainer_rejects_one_shot_iterators_and_empty_data():
+    with pytest.raises(TypeError, match="list"):
+        Trainer(Regression(), iter(regression_data()), quiet(max_steps=1))
+    with pytest.raises(ValueError, match="no batches"):
+        Trainer(Regression(), [], quiet(max_steps=1)).train()
+    with pytest.raises(TypeError, match="TrainConfig"):
+        Trainer(Regression(), regression_data(), {"max_steps": 1})
+
+
+# ------------------------------------------------------------------------ checkpoints
+
+
+def test_checkpoint_roundtrip_with_tied_weights(tmp_path):
+    model = tiny_bert(seed=0)
+    train(model, bert_batches(), quiet(max_steps=3, lr=1e-2))
+    path = save_checkpoint(
+        model, tmp_path / "sub" / "dir" / "bert.safetensors", metadata={"note": "hello"}
+    )
+    assert path.is_file()
+
+    other = tiny_bert(seed=1)
+    metadata = load_checkpoint(other, path)
+    assert metadata == {"note": "hello"}
+    assert other.cls.predictions.decoder.weight is other.bert.embeddings.word_embeddings.weight
+    batch = bert_batches(n_batches=1)[0]
+    model.eval()
+    other.eval()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, other(**batch).logits)
+
+
+def test_checkpoint_without_metadata(tmp_path):
+    model = Regression()
+    path = save_checkpoint(model, tmp_path / "reg.safetensors")
+    other = Regression()
+    assert load_checkpoint(other, str(path)) == {}
+    assert torch.equal(model.linear.weight, other.linear.weight)
+
+
+def test_corrupt_checkpoints_raise_value_error(tmp_path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"this is not a checkpoint at all" * 10)
+    with pytest.raises(ValueError, match="not a valid safetensors checkpoint"):
+        load_checkpoint(Regression(), garbage)
+
+    good = save_checkpoint(nn.Linear(64, 64), tmp_path / "good.safetensors")
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="save_checkpoint"):
+        load_checkpoint(nn.Linear(64, 64), truncated)
+
+
+def test_missing_checkpoint_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        load_checkpoint(Regression(), tmp_path / "nope.safetensors")
+
+
+def test_shape_and_key_mismatches_raise_value_error(tmp_path):
+    saved = Regression(n_out=3)
+    path = save_checkpoint(saved, tmp_path / "reg3.safetensors")
+    with pytest.raises(ValueError, match=r"linear\.weight"):
+        load_checkpoint(Regression(n_out=1), path)
+
+    class Bigger(Regression):
+        def __init__(self):
+            super().__init__(n_out=3)
+            self.extra = nn.Linear(2, 2)
+
+    with pytest.raises(ValueError, match=r"missing keys: extra\.bias, extra\.weight"):
+        load_checkpoint(Bigger(), path)
+    bigger = Bigger()
+    load_checkpoint(bigger, path, strict=False)
+    assert torch.equal(bigger.linear.weight, saved.linear.weight)
+
+
+def test_save_checkpoint_rejects_non_string_metadata(tmp_path):
+    with pytest.raises(TypeError, match="json.dumps"):
+        save_checkpoint(Regression(), tmp_path / "x.safetensors", metadata={"step": 3})
