@@ -191,7 +191,8 @@ def pack_texts(tokenizer, texts: Sequence[str], block_size: int = 128,
         raise ValueError("the tokenizer needs [CLS] and [SEP] tokens (a BERT-style tokenizer)")
     body = block_size - 2
     stream: list[int] = []
-    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+    # verbose=False: documents longer than the model's window are expected here, we cut them
+    for ids in tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]:
         stream.extend(ids)
         stream.append(sep_id)
         if max_blocks is not None and len(stream) >= body * max_blocks:
