@@ -1,0 +1,83 @@
+"""Every exercise's checker accepts its reference solution and rejects a known wrong answer."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from llm_tutorial import exercises
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+KEYS = sorted(exercises.all_exercises())
+
+
+def test_registry_is_not_empty_and_keys_name_their_notebook():
+    assert len(KEYS) >= 4
+    numbers = {p.name[:2] for p in NOTEBOOKS}
+    for key in KEYS:
+        assert re.fullmatch(r"\d\d\.[a-z0-9-]+", key), key
+        assert key[:2] in numbers, f"{key} belongs to no notebook"
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_reference_solution_passes(key):
+    ex = exercises.get(key)
+    assert exercises.evaluate(key, ex.reference_answer()) is None
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_wrong_answer_fails_with_a_hint(key):
+    hint = exercises.evaluate(key, exercises.get(key).wrong_answer)
+    assert isinstance(hint, str) and len(hint) > 10
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_placeholders_and_crashing_answers_give_feedback(key, capsys):
+    assert "placeholder" in exercises.evaluate(key, None)
+
+    def crashes(*args, **kwargs):
+        raise NotImplementedError
+
+    assert exercises.evaluate(key, crashes)  # a hint, never an exception
+    exercises.check(key, None)
+    assert capsys.readouterr().out.startswith(f"❌ {key}: not yet.")
+
+
+def test_check_prints_success(capsys):
+    key = "02.expected-masks"
+    assert exercises.check(key, exercises.get(key).reference_answer()) is None
+    assert capsys.readouterr().out.strip() == f"✅ {key}: correct."
+
+
+def test_show_solution_prints_source(capsys):
+    exercises.show_solution("02.clm-shift")
+    out = capsys.readouterr().out
+    assert "def shift_solution" in out and "input_ids[:, 1:]" in out
+
+
+def test_unknown_key_lists_known_ones():
+    with pytest.raises(KeyError, match="02.mlm-loss"):
+        exercises.get("99.nope")
+
+
+def test_duplicate_registration_is_refused():
+    with pytest.raises(ValueError, match="twice"):
+        exercises.exercise("02.mlm-loss", "again", lambda answer: None, wrong_answer=0)(lambda: 0)
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_exercises_exist_and_solutions_are_hidden(notebook):
+    cells = json.loads(notebook.read_text())["cells"]
+    checked = {k for c in cells if c["cell_type"] == "code"
+               for k in re.findall(r'exercises\.check\("([^"]+)"', "".join(c["source"]))}
+    solutions = [c for c in cells if "solution" in c.get("metadata", {}).get("tags", [])]
+    if notebook.name.startswith("00_"):
+        return  # the tour has no exercises
+    assert len(checked) >= 2, f"{notebook.name} needs at least two auto-checked exercises"
+    assert checked <= set(KEYS)
+    assert len(solutions) >= len(checked)
+    for cell in solutions:
+        assert cell["metadata"].get("jupyter", {}).get("source_hidden") is True
