@@ -276,7 +276,7 @@ def unigram_loss(train_ids: torch.Tensor, target_ids: torch.Tensor, vocab_size: 
 
 @torch.no_grad()
 def pseudo_perplexity(model: nn.Module, tokenizer, texts: Sequence[str], max_length: int = 64,
-                      batch_size: int = 64) -> float:
+                      batch_size: int = 32) -> float:
     """Pseudo-perplexity of a masked LM (Salazar et al., 2020): mask each token in turn, score
     the true token, and exponentiate the mean negative log-probability,
     :math:`\\mathrm{PPPL} = \\exp\\big(-\\frac{1}{N}\\sum_i \\log p(x_i \\mid x_{\\setminus i})\\big)`.
@@ -304,10 +304,16 @@ def pseudo_perplexity(model: nn.Module, tokenizer, texts: Sequence[str], max_len
         chunk = rows[start : start + batch_size]
         input_ids = nn.utils.rnn.pad_sequence(chunk, batch_first=True, padding_value=tokenizer.pad_token_id)
         attention_mask = (nn.utils.rnn.pad_sequence([torch.ones_like(r) for r in chunk], batch_first=True))
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
         pos = torch.tensor(positions[start : start + batch_size], device=device)
         tgt = torch.tensor(targets[start : start + batch_size], device=device)
-        picked = logits[torch.arange(len(chunk), device=device), pos].float().log_softmax(-1)
+        rows_idx = torch.arange(len(chunk), device=device)
+        labels = torch.full(input_ids.shape, IGNORE_INDEX, dtype=torch.long, device=device)
+        labels[rows_idx, pos] = tgt
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                       labels=labels).logits
+        # MaskedPositionsMLM returns logits at the one labelled position per row, (B, V), and
+        # never builds the (B, T, V) tensor; a plain BertForMaskedLM returns (B, T, V)
+        picked = (logits if logits.dim() == 2 else logits[rows_idx, pos]).float().log_softmax(-1)
         total += float(picked.gather(1, tgt.unsqueeze(1)).sum())
     model.train(was_training)
     return math.exp(-total / len(rows))
