@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -338,8 +339,6 @@ def fill_mask(model: nn.Module, tokenizer, text: str, top_k: int = 5) -> list[tu
 
 def split_sentences(text: str) -> list[str]:
     """A simple sentence splitter (on '. ', '? ', '! ' and newlines), good enough for news text."""
-    import re
-
     parts = re.split(r"(?<=[.!?])\s+|\n+", text)
     return [p.strip() for p in parts if len(p.strip().split()) >= 3]
 
@@ -359,7 +358,7 @@ def nsp_pairs(documents: Sequence[str], n: int, seed: int = 0) -> list[tuple[str
         if rng.random() < 0.5:
             pairs.append((docs[d][i], docs[d][i + 1], 0))
         else:
-            other = rng.choice([j for j in range(len(docs)) if j != d] if len(docs) > 1 else [d])
+            other = (d + rng.randrange(1, len(docs))) % len(docs)  # any document but d
             pairs.append((docs[d][i], rng.choice(docs[other]), 1))
     return pairs
 

@@ -172,6 +172,14 @@ def _log_tail(text: str, n_lines: int = 15) -> str:
     return "\n".join(lines[-n_lines:])[-LOG_TAIL_CHARS:]
 
 
+def _print_result(tag: str, source: Path, result) -> None:
+    """One progress line per executed notebook (and papermill's error when it failed)."""
+    print(f"[{tag}] {source.name}: {result.status}, {result.wall_s:.1f} s, "
+          f"peak RSS {result.peak_rss_mb:,.0f} MB", flush=True)  # fmt: skip
+    if not result.ok:
+        print(result.error, file=sys.stderr, flush=True)
+
+
 def execute_notebook(
     source: Path,
     output: Path,
@@ -419,10 +427,7 @@ def run_notebooks(
                 result.error = (result.error + "\n" if result.error else "") + f"HTML export: {exc}"
         results.append(result)
         if echo:
-            print(f"[run] {source.name}: {result.status}, {result.wall_s:.1f} s, "
-                  f"peak RSS {result.peak_rss_mb:,.0f} MB", flush=True)  # fmt: skip
-            if not result.ok:
-                print(result.error, file=sys.stderr, flush=True)
+            _print_result("run", source, result)
     return results, write_index(results, out_dir, profile=resolved, device=device)
 
 
@@ -503,10 +508,7 @@ def bench_notebooks(
             result.output = None
             results.append(result)
             if echo:
-                print(f"[bench] {source.name}: {result.status}, {result.wall_s:.1f} s, "
-                      f"peak RSS {result.peak_rss_mb:,.0f} MB", flush=True)  # fmt: skip
-                if not result.ok:
-                    print(result.error, file=sys.stderr, flush=True)
+                _print_result("bench", source, result)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
