@@ -90,6 +90,11 @@ class TrainConfig:
     * `mixed_precision="auto"` means bf16 autocast on a CUDA GPU that supports it and
       full precision everywhere else; `"bf16"` forces autocast (also on the CPU).
     * `eval_every=None` evaluates only once, at the end (if there is evaluation data).
+    * `early_stopping_patience=k` stops training after `k` evaluations in a row without
+      improving `early_stopping_metric` (`"eval_loss"` or any `eval_fn` metric; minimised
+      when `early_stopping_mode="min"`, maximised with `"max"`). Whether it stops early or
+      reaches `max_steps`, the model ends with the weights of its best evaluation. It needs
+      `eval_every`.
     """
 
     max_steps: int
@@ -105,6 +110,9 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True
     desc: str = "train"
+    early_stopping_patience: int | None = None
+    early_stopping_metric: str = "eval_loss"
+    early_stopping_mode: str = "min"
 
     def __post_init__(self) -> None:
         if not _is_int(self.max_steps) or self.max_steps <= 0:
@@ -164,6 +172,22 @@ class TrainConfig:
             )
         if not _is_int(self.log_every) or self.log_every <= 0:
             raise ValueError(f"log_every must be a positive int, got {self.log_every!r}")
+        if self.early_stopping_patience is not None:
+            if not _is_int(self.early_stopping_patience) or self.early_stopping_patience < 1:
+                raise ValueError(
+                    f"early_stopping_patience must be an int >= 1 (evaluations without "
+                    f"improvement), or None to disable it, got {self.early_stopping_patience!r}"
+                )
+            if self.eval_every is None:
+                raise ValueError(
+                    "early stopping needs periodic evaluation: set eval_every as well as "
+                    "early_stopping_patience"
+                )
+        if self.early_stopping_mode not in ("min", "max"):
+            raise ValueError(
+                f"early_stopping_mode must be 'min' (losses) or 'max' (accuracies), "
+                f"got {self.early_stopping_mode!r}"
+            )
 
     @property
     def num_warmup_steps(self) -> int:
@@ -497,6 +521,12 @@ class Trainer:
         self.tokens_per_second = float("nan")
         self._rows: list[dict[str, float]] = []
         self._data_iter: Iterator[Any] | None = None
+        # Early stopping: the best monitored value so far, its step and a copy of its weights.
+        self.best_metric = float("nan")
+        self.best_step: int | None = None
+        self.stopped_early = False
+        self._best_state: dict[str, torch.Tensor] | None = None
+        self._bad_evals = 0
 
     @property
     def history(self) -> pd.DataFrame:
@@ -548,11 +578,43 @@ class Trainer:
                     metrics[str(key)] = float(value)
         return metrics
 
+    def _early_stop(self, row: Mapping[str, float]) -> bool:
+        """
+        Early stopping: remember the weights of the best evaluation; say "stop" after
+        `early_stopping_patience` evaluations in a row that were no better.
+        """
+        config = self.config
+        if config.early_stopping_patience is None:
+            return False
+        name = config.early_stopping_metric
+        if name not in row:
+            raise ValueError(
+                f"early_stopping_metric={name!r} is not among the evaluation metrics "
+                f"{sorted(k for k in row if k not in ('step', 'train_loss', 'lr'))}; "
+                f"pass eval_data (for 'eval_loss') or an eval_fn that returns it"
+            )
+        value = float(row[name])
+        better = (
+            self.best_step is None
+            or (config.early_stopping_mode == "min" and value < self.best_metric)
+            or (config.early_stopping_mode == "max" and value > self.best_metric)
+        )
+        if better:
+            self.best_metric, self.best_step, self._bad_evals = value, self.step, 0
+            self._best_state = {
+                key: tensor.detach().clone() for key, tensor in self.model.state_dict().items()
+            }
+            return False
+        self._bad_evals += 1
+        return self._bad_evals >= config.early_stopping_patience
+
     def train(self) -> pd.DataFrame:
         """
         Run the loop up to `config.max_steps` optimizer steps and return `history`.
         """
         config, model = self.config, self.model
+        if self.stopped_early:
+            return self.history
         optimizer, scheduler = self.optimizer, self.scheduler
         accum = config.grad_accum_steps
         do_eval = self.eval_data is not None or self.eval_fn is not None
@@ -605,9 +667,14 @@ class Trainer:
                     row.update(tokens=self.tokens, elapsed_s=self.elapsed_s)
                     self._rows.append(row)
                     bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+                    if is_eval and self._early_stop(row):
+                        self.stopped_early = True
+                        break
         finally:
             bar.close()
             self.elapsed_s = time.perf_counter() - start
+        if self._best_state is not None and (self.stopped_early or self.step == config.max_steps):
+            model.load_state_dict(self._best_state)
 
         # Wall-clock rates over all of training so far, evaluation included.
         run_time = max(self.elapsed_s, 1e-12)

@@ -347,6 +347,9 @@ def test_dict_batches_move_and_count_input_ids():
         ({"max_steps": 10, "log_every": 0}, "log_every"),
         ({"max_steps": 10, "betas": (0.9,)}, "betas"),
         ({"max_steps": 10, "weight_decay": -0.1}, "weight_decay"),
+        ({"max_steps": 10, "eval_every": 2, "early_stopping_patience": 0}, "patience"),
+        ({"max_steps": 10, "early_stopping_patience": 2}, "eval_every"),
+        ({"max_steps": 10, "early_stopping_mode": "up"}, "'min'"),
     ],
 )
 def test_bad_configs_raise(kwargs, match):
@@ -445,3 +448,53 @@ def test_shape_and_key_mismatches_raise_value_error(tmp_path):
 def test_save_checkpoint_rejects_non_string_metadata(tmp_path):
     with pytest.raises(TypeError, match="json.dumps"):
         save_checkpoint(Regression(), tmp_path / "x.safetensors", metadata={"step": 3})
+
+
+# --------------------------------------------------------------------------- early stopping
+
+
+def scripted_metric(values):
+    """An eval_fn returning the given values in turn, counting how often it was called."""
+    calls = []
+
+    def eval_fn(model):
+        calls.append(model.linear.weight.detach().clone())
+        return {"score": values[len(calls) - 1]}
+
+    return eval_fn, calls
+
+
+def test_early_stopping_stops_and_restores_the_best_weights():
+    torch.manual_seed(0)
+    model = Regression()
+    eval_fn, calls = scripted_metric([0.5, 0.9, 0.8, 0.7, 0.6, 0.95])
+    config = quiet(max_steps=12, lr=1e-2, eval_every=2, early_stopping_patience=2,
+                   early_stopping_metric="score", early_stopping_mode="max")
+    trainer = Trainer(model, regression_data(), config, eval_fn=eval_fn)
+    history = trainer.train()
+    # evaluations at steps 2, 4, 6, 8: best at step 4, then two worse ones -> stop at step 8
+    assert trainer.stopped_early and trainer.step == 8 and len(calls) == 4
+    assert trainer.best_step == 4 and trainer.best_metric == 0.9
+    assert torch.equal(model.linear.weight, calls[1]), "weights of the best evaluation restored"
+    assert history["step"].iloc[-1] == 8
+    assert trainer.train() is not None and trainer.step == 8, "a stopped run stays stopped"
+
+
+def test_early_stopping_min_mode_without_stopping_restores_best_at_the_end():
+    torch.manual_seed(0)
+    model = Regression()
+    eval_fn, calls = scripted_metric([3.0, 1.0, 2.0])
+    config = quiet(max_steps=6, lr=1e-2, eval_every=2, early_stopping_patience=5,
+                   early_stopping_metric="score")
+    trainer = Trainer(model, regression_data(), config, eval_fn=eval_fn)
+    trainer.train()
+    assert not trainer.stopped_early and trainer.step == 6 and trainer.best_step == 4
+    assert torch.equal(model.linear.weight, calls[1])
+
+
+def test_early_stopping_on_a_missing_metric_names_the_available_ones():
+    config = quiet(max_steps=4, eval_every=2, early_stopping_patience=1,
+                   early_stopping_metric="accuracy")
+    trainer = Trainer(Regression(), regression_data(), config, eval_fn=lambda m: {"f1": 1.0})
+    with pytest.raises(ValueError, match=r"'accuracy' is not among.*'f1'"):
+        trainer.train()
