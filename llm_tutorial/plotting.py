@@ -56,3 +56,15 @@ def attention_heatmap(weights, tokens: Sequence[str], ax=None, title: str = "att
                 cbar=True, ax=ax)
     ax.set(title=title, xlabel="key", ylabel="query")
     return ax
+
+
+def confusion_heatmap(matrix, labels: Sequence[str], ax=None, title: str = "confusion matrix"):
+    """Heat-map of a confusion matrix (rows: true class, columns: predicted) with counts."""
+    if getattr(matrix, "shape", None) != (len(labels), len(labels)):
+        raise ValueError(f"matrix must be (len(labels), len(labels)) = ({len(labels)}, "
+                         f"{len(labels)}), got {getattr(matrix, 'shape', type(matrix).__name__)}")
+    ax = _axes(ax, figsize=(5, 4.2))
+    sns.heatmap(matrix, annot=True, fmt="d", cmap="Blues", xticklabels=labels,
+                yticklabels=labels, cbar=False, square=True, ax=ax)
+    ax.set(title=title, xlabel="predicted", ylabel="true")
+    return ax

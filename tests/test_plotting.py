@@ -45,3 +45,13 @@ def test_attention_heatmap_checks_shape():
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
     with pytest.raises(ValueError, match="len\\(tokens\\)"):
         plotting.attention_heatmap(weights, ["a", "b"])
+
+
+def test_confusion_heatmap_annotates_counts():
+    matrix = np.array([[5, 1], [0, 4]])
+    ax = plotting.confusion_heatmap(matrix, ["a", "b"])
+    assert [t.get_text() for t in ax.texts] == ["5", "1", "0", "4"]
+    assert ax.get_xlabel() == "predicted" and ax.get_ylabel() == "true"
+    plt.close("all")
+    with pytest.raises(ValueError, match=r"\(len\(labels\), len\(labels\)\) = \(3, 3\)"):
+        plotting.confusion_heatmap(matrix, ["a", "b", "c"])

@@ -1,0 +1,91 @@
+"""Turn a course notebook into a plain Python script, for machines without Jupyter.
+
+GPU machines that run the `full` profile may lack Jupyter, papermill and ipywidgets. This
+writes a script that runs the same code cells in order, with these changes:
+
+* `display` prints, and a cell's last expression is displayed, as in Jupyter;
+* widget cells (those that import `ipywidgets`) and hidden solution cells are skipped;
+* matplotlib draws off-screen (`Agg`) and figures are closed after each cell;
+* a failing cell prints its traceback and the script goes on (exit status 1 at the end), so
+  one failed check does not hide the numbers of the cells after it;
+* each cell's wall time is printed, so the log shows where the time goes, and at the end the
+  peak GPU memory PyTorch allocated (when there is a GPU).
+
+    python benchmarks/notebook_to_script.py notebooks/03_finetuning_classification.ipynb out.py
+    LLM_TUTORIAL_PROFILE=full python out.py
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+PREAMBLE = '''\
+import time as _time
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as _plt
+import pandas as _pd
+
+_pd.set_option("display.width", 200)
+_pd.set_option("display.max_columns", 20)
+
+
+def display(*objects, **_):
+    for obj in objects:
+        if obj is not None:
+            print(obj)
+
+
+PROFILE = ""
+_failed = []
+'''
+
+
+def _display_last_expression(source: str) -> str:
+    """Wrap a cell's final bare expression in display(...), as Jupyter shows it."""
+    tree = ast.parse(source)
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = tree.body[-1]
+        lines = source.splitlines()
+        head = "\n".join(lines[: last.lineno - 1] + [lines[last.lineno - 1][: last.col_offset]])
+        expr = ast.get_source_segment(source, last)
+        if not (isinstance(last.value, ast.Call) and ast.unparse(last.value.func) in (
+                "print", "display")):
+            return f"{head}display({expr})\n"
+    return source
+
+
+def convert(notebook: Path) -> str:
+    nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
+    parts = [PREAMBLE]
+    for number, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"])
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "parameters" in tags or "solution" in tags or "ipywidgets" in source:
+            continue
+        body = textwrap.indent(_display_last_expression(source), "    ")
+        parts.append(f"# ---- cell {number}\n_t = _time.perf_counter()\ntry:\n{body}\n"
+                     f"except Exception:\n    import traceback\n\n    traceback.print_exc()\n"
+                     f"    _failed.append({number})\n"
+                     f"_plt.close('all')\n"
+                     f"print(f'[cell {number}: {{_time.perf_counter() - _t:.1f}} s]', flush=True)\n")
+    parts.append("import torch as _torch\n\nif _torch.cuda.is_available():\n"
+                 "    print(f'[peak GPU memory allocated: "
+                 "{_torch.cuda.max_memory_allocated() / 2**30:.2f} GiB]')\n"
+                 "if _failed:\n    raise SystemExit(f'failed cells: {_failed}')\n")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python benchmarks/notebook_to_script.py NOTEBOOK.ipynb OUT.py")
+    Path(sys.argv[2]).write_text(convert(Path(sys.argv[1])), encoding="utf-8")
+    print(f"wrote {sys.argv[2]}")
