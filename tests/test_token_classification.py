@@ -1,0 +1,328 @@
+"""Tests for `llm_tutorial.token_classification`: label alignment, span decoding, QA windows,
+best-span search, SQuAD metrics, and the errors raised on bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llm_tutorial import token_classification as tc
+from llm_tutorial.token_classification import IGNORE_INDEX, QAExample
+from llm_tutorial.tokenization import train_wordpiece
+
+LABELS = tc.bio_labels(["PER", "LOC"])
+LABEL2ID, ID2LABEL = tc.label_maps(LABELS)
+OUT, B_PER, I_PER, B_LOC, I_LOC = (LABEL2ID[t] for t in ("O", "B-PER", "I-PER", "B-LOC", "I-LOC"))
+
+CORPUS = ["the minister met the president in london on monday .",
+          "shares fell after the talks in paris and berlin .",
+          "a new film was released by the studio in new york ."] * 40
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    # a tiny vocabulary, so that rarer words split into several pieces
+    return train_wordpiece(CORPUS, vocab_size=120)
+
+
+# ---------------------------------------------------------------------------- labels
+
+
+def test_bio_labels_and_maps():
+    assert LABELS == ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    assert ID2LABEL[0] == "O" and LABEL2ID["I-LOC"] == 4
+    with pytest.raises(ValueError, match="without a B-/I- prefix"):
+        tc.bio_labels(["B-PER"])
+    with pytest.raises(ValueError, match="duplicates"):
+        tc.bio_labels(["PER", "PER"])
+
+
+def test_align_labels_first_subword_and_specials():
+    # [CLS] w0 w1 w1 w1 w2 [SEP] [PAD]
+    word_ids = [None, 0, 1, 1, 1, 2, None, None]
+    tags = ["O", "B-PER", "B-LOC"]
+    assert tc.align_labels(word_ids, tags, LABEL2ID) == [
+        IGNORE_INDEX, OUT, B_PER, IGNORE_INDEX, IGNORE_INDEX, B_LOC, IGNORE_INDEX, IGNORE_INDEX]
+
+
+def test_align_labels_propagates_b_as_i():
+    word_ids = [None, 0, 0, 1, 1, None]
+    tags = ["B-PER", "I-PER"]
+    assert tc.align_labels(word_ids, tags, LABEL2ID, label_all_tokens=True) == [
+        IGNORE_INDEX, B_PER, I_PER, I_PER, I_PER, IGNORE_INDEX]
+
+
+def test_align_labels_rejects_words_beyond_tags():
+    with pytest.raises(ValueError, match="only 1 tags"):
+        tc.align_labels([None, 0, 1, None], ["O"], LABEL2ID)
+
+
+def test_naive_labels_pad_and_truncate():
+    assert tc.naive_labels(["B-PER", "O"], LABEL2ID, 5) == [
+        IGNORE_INDEX, B_PER, OUT, IGNORE_INDEX, IGNORE_INDEX]
+    assert tc.naive_labels(["B-PER", "O", "B-LOC"], LABEL2ID, 3) == [IGNORE_INDEX, B_PER, OUT]
+    # [CLS] w0 w1 w1 w2 [SEP]: w0 is fine, w1's piece is fine, w2's tag lands on w1's 2nd piece
+    assert tc.naive_misplaced([None, 0, 1, 1, 2, None], 3) == [False, False, True]
+    with pytest.raises(ValueError, match="positive int"):
+        tc.naive_labels(["O"], LABEL2ID, 0)
+
+
+def test_encode_tagged_aligns_with_word_ids(tokenizer):
+    words = ["the", "zanzibarian", "president", "met", "quixotic", "kowalski"]
+    tags = ["O", "B-LOC", "O", "O", "O", "B-PER"]
+    (feature,) = tc.encode_tagged(tokenizer, [(words, tags)], LABEL2ID, max_length=64)
+    word_ids = tokenizer(words, is_split_into_words=True)
+    word_ids = word_ids.word_ids()
+    assert len(feature["labels"]) == len(feature["input_ids"]) == len(word_ids)
+    assert len(word_ids) > len(words) + 2  # some words really were split
+    scored = [label for label in feature["labels"] if label != IGNORE_INDEX]
+    assert scored == [LABEL2ID[t] for t in tags]  # exactly one label per word, in order
+    assert feature["labels"][0] == feature["labels"][-1] == IGNORE_INDEX  # [CLS], [SEP]
+
+    (naive,) = tc.encode_tagged(tokenizer, [(words, tags)], LABEL2ID, 64, alignment="naive")
+    assert naive["labels"][1: len(tags) + 1] == [LABEL2ID[t] for t in tags]  # token i+1 <- word i
+    (every,) = tc.encode_tagged(tokenizer, [(words, tags)], LABEL2ID, 64, alignment="all")
+    assert IGNORE_INDEX not in every["labels"][1:-1]
+
+
+def test_encode_tagged_truncation(tokenizer):
+    words = ["the", "minister", "met", "the", "president", "in", "london"] * 4
+    tags = ["O"] * len(words)
+    tags[6] = "B-LOC"
+    (feature,) = tc.encode_tagged(tokenizer, [(words, tags)], LABEL2ID, max_length=8)
+    assert len(feature["input_ids"]) == 8 and len(feature["labels"]) == 8
+    assert feature["labels"][-1] == IGNORE_INDEX  # the final [SEP] survives truncation
+
+
+def test_bad_tagged_input(tokenizer):
+    with pytest.raises(ValueError, match="one tag per word"):
+        tc.encode_tagged(tokenizer, [(["a", "b"], ["O"])], LABEL2ID)
+    with pytest.raises(KeyError, match="unknown tag 'B-ORG'"):
+        tc.encode_tagged(tokenizer, [(["a", "b"], ["O", "B-ORG"])], LABEL2ID)
+    with pytest.raises(ValueError, match="empty sentence"):
+        tc.check_tagged([], [], LABEL2ID)
+    with pytest.raises(TypeError, match="text.split"):
+        tc.check_tagged("a b", ["O", "O"], LABEL2ID)
+    with pytest.raises(ValueError, match="alignment"):
+        tc.encode_tagged(tokenizer, [(["a"], ["O"])], LABEL2ID, alignment="last")
+
+
+def test_collate_and_loader_pad_and_repeat():
+    features = [{"input_ids": [2, 5, 3], "labels": [-100, 1, -100], "start_positions": 1},
+                {"input_ids": [2, 3], "labels": [-100, -100], "start_positions": 0}]
+    batch = tc.collate(features, pad_token_id=0)
+    assert batch["input_ids"].tolist() == [[2, 5, 3], [2, 3, 0]]
+    assert batch["labels"].tolist() == [[-100, 1, -100], [-100, -100, -100]]
+    assert batch["start_positions"].tolist() == [1, 0]
+    first = [b["input_ids"].tolist() for b in tc.make_loader(features * 4, 3, seed=1)]
+    again = [b["input_ids"].tolist() for b in tc.make_loader(features * 4, 3, seed=1)]
+    assert first == again
+
+
+# ---------------------------------------------------------------------------- spans
+
+
+@pytest.mark.parametrize("tags, spans", [
+    (["B-PER", "I-PER", "O", "B-LOC"], [("PER", 0, 2), ("LOC", 3, 4)]),
+    (["O", "I-PER", "I-PER", "O"], [("PER", 1, 3)]),  # I- without B- starts an entity
+    (["B-PER", "B-PER"], [("PER", 0, 1), ("PER", 1, 2)]),  # adjacent entities
+    (["B-PER", "I-LOC"], [("PER", 0, 1), ("LOC", 1, 2)]),  # a type change ends the entity
+    (["O", "O"], []),
+])
+def test_bio_to_spans(tags, spans):
+    assert tc.bio_to_spans(tags) == spans
+
+
+def test_bio_to_spans_matches_seqeval():
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    tags = ["I-PER", "B-PER", "I-PER", "O", "I-LOC", "B-LOC", "B-PER", "I-LOC"]
+    assert tc.bio_to_spans(tags) == [(t, s, e + 1) for t, s, e in get_entities(tags)]
+
+
+def test_bio_to_spans_rejects_bad_tags():
+    with pytest.raises(ValueError, match="B-type"):
+        tc.bio_to_spans(["S-PER"])
+
+
+def test_split_words_offsets_and_html():
+    text = "Ed Sheeran played at O'Brien's in New York."
+    words = tc.split_words(text)
+    assert all(text[s:e] == w for w, s, e in words)
+    assert [w for w, _, _ in words][-2:] == ["York", "."]
+    with pytest.raises(ValueError, match="type a sentence"):
+        tc.split_words("   ")
+    page = tc.entities_html("a <b> Ed", [{"type": "PER", "start": 6, "end": 8}])
+    assert "&lt;b&gt;" in page and "<mark" in page and "Ed <small><b>PER" in page
+    with pytest.raises(ValueError, match="overlaps"):
+        tc.entities_html("abc", [{"type": "X", "start": 0, "end": 2}, {"type": "X", "start": 1,
+                                                                        "end": 3}])
+
+
+def test_entity_scores_and_report():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"]]
+    pred = [["B-PER", "O", "O", "B-LOC"]]  # the person's boundary is wrong
+    scores = tc.entity_scores(gold, pred)
+    assert scores["precision"] == scores["recall"] == scores["f1"] == 0.5
+    report = tc.entity_report(gold, pred)
+    assert report.loc["LOC", "f1"] == 1.0 and report.loc["PER", "support"] == 1
+    with pytest.raises(ValueError, match="one tag per word"):
+        tc.entity_scores(gold, [["O"]])
+
+
+# ---------------------------------------------------------------------------- QA
+
+
+CONTEXT = ("the minister met the president in london on monday . shares fell after the talks in "
+           "paris and berlin . a new film was released by the studio in new york .")
+
+
+def qa_example(answer="paris", question="where did shares fall after the talks ?"):
+    return QAExample(question, CONTEXT, answer, CONTEXT.index(answer))
+
+
+def test_qa_features_locate_the_answer_in_the_right_window(tokenizer):
+    example = qa_example("new york")
+    windows = tc.build_qa_features(tokenizer, [example], max_length=24, stride=4)
+    assert len(windows) > 2 and set(windows.example_index) == {0}
+    hits = 0
+    for feature, offsets in zip(windows.features, windows.offsets, strict=True):
+        start, end = feature["start_positions"], feature["end_positions"]
+        if start == 0:
+            assert end == 0  # windows without the answer point at [CLS]
+            continue
+        hits += 1
+        span = CONTEXT[offsets[start][0]:offsets[end][1]]
+        assert span == "new york"
+    assert hits >= 1
+    assert windows.features[0]["start_positions"] == 0  # the answer is at the far end
+    # consecutive windows overlap by `stride` context tokens
+    first = [o for o in windows.offsets[0] if o is not None]
+    second = [o for o in windows.offsets[1] if o is not None]
+    assert first[-4:] == second[:4]
+
+
+def test_qa_features_bad_input(tokenizer):
+    with pytest.raises(ValueError, match="not at context"):
+        tc.build_qa_features(tokenizer, [QAExample("where ?", CONTEXT, "paris", 3)], 64, 8)
+    with pytest.raises(ValueError, match="does not occur"):
+        tc.check_qa_example(QAExample("where ?", CONTEXT, "rome", 0))
+    with pytest.raises(ValueError, match="smaller than the longest question"):
+        tc.build_qa_features(tokenizer, [qa_example()], max_length=6, stride=1)
+    with pytest.raises(ValueError, match="stride"):
+        tc.build_qa_features(tokenizer, [qa_example()], max_length=24, stride=10)
+    with pytest.raises(ValueError, match="question is empty"):
+        tc.check_qa_example(QAExample(" ", CONTEXT, "paris", CONTEXT.index("paris")))
+
+
+def test_best_span_rules():
+    start = torch.tensor([9.0, 8.0, 1.0, 0.0, 5.0, 0.0])
+    end = torch.tensor([9.0, 0.0, 0.0, 4.0, 1.0, 7.0])
+    mask = [False, False, True, True, True, True]  # positions 0-1 are the question
+    score, s, e = tc.best_span(start, end, mask, n_best=6, max_answer_len=10)
+    assert (s, e) == (4, 5) and score == 12.0  # never in the question, end >= start
+    assert tc.best_span(start, end, mask, n_best=6, max_answer_len=1) == (7.0, 5, 5)
+    assert tc.best_span([0.0, 1.0, 0.0], [0.0, 0.0, 5.0], [True] * 3, max_answer_len=2)[1:] == (1, 2)
+    assert tc.best_span([0.0, 1.0], [5.0, 0.0], [False, False]) is None  # no context at all
+    with pytest.raises(ValueError, match="one entry per token"):
+        tc.best_span([0.0], [0.0, 1.0], [True])
+
+
+def test_templated_question():
+    sentence = "Blair met Bush in Washington on Monday."
+    start = sentence.index("Washington")
+    assert tc.templated_question(sentence, start, start + 10, "where") == \
+        "Blair met Bush in where on Monday?"
+    with pytest.raises(ValueError, match="inside the sentence"):
+        tc.templated_question(sentence, 5, 500, "who")
+
+
+def test_split_and_sample_sentences():
+    article = "Headline here\n\nFirst sentence is long enough. Second one follows it here.\n"
+    assert tc.split_sentences(article) == ["Headline here", "First sentence is long enough.",
+                                           "Second one follows it here."]
+    assert tc.sample_sentences([article], 2, min_words=4) == \
+        tc.sample_sentences([article], 2, min_words=4)
+    with pytest.raises(ValueError, match="only 2 qualify"):
+        tc.sample_sentences([article], 3, min_words=4)
+
+
+# ---------------------------------------------------------------------------- SQuAD metrics
+
+
+def test_squad_metrics():
+    assert tc.normalize_answer("The  Eiffel-Tower!") == "eiffeltower"
+    assert tc.exact_match("the Paris", "Paris.") == 1.0
+    assert tc.exact_match("Paris France", "Paris") == 0.0
+    assert tc.token_f1("Paris France", "Paris") == pytest.approx(2 / 3)
+    assert tc.token_f1("London", "Paris") == 0.0
+    assert tc.token_f1("", "Paris") == 0.0
+    scores = tc.squad_scores(["Paris France", "Berlin"], ["Paris", ["Bonn", "berlin"]])
+    assert scores == {"exact_match": 50.0, "f1": pytest.approx(100 * (2 / 3 + 1) / 2)}
+    with pytest.raises(ValueError, match="one prediction per question"):
+        tc.squad_scores(["a"], ["a", "b"])
+
+
+# ---------------------------------------------------------------------------- real models
+
+
+@pytest.fixture(scope="module")
+def minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    from llm_tutorial import assets
+
+    try:
+        return AutoTokenizer.from_pretrained(assets.asset_path("minilm"))
+    except assets.AssetNotFoundError as error:
+        pytest.skip(str(error))
+
+
+@pytest.mark.slow
+def test_minilm_ner_round_trip(minilm_tokenizer):
+    torch.manual_seed(0)
+    model = tc.token_classifier(LABELS)
+    assert not model.get_input_embeddings().weight.requires_grad
+    text = "Ed Sheeran played Wembley in London last night."
+    for entity in tc.extract_entities(model, minilm_tokenizer, text, ID2LABEL):
+        assert text[entity["start"]:entity["end"]] == entity["text"]
+    (feature,) = tc.encode_tagged(minilm_tokenizer, [(["Kaepernick", "knelt"], ["B-PER", "O"])],
+                                  LABEL2ID, alignment="all")
+    assert feature["labels"][0] == IGNORE_INDEX and feature["labels"][1] == B_PER
+    assert len(set(feature["labels"][2:-2])) == 1 and feature["labels"][2] == I_PER
+    tags = tc.predict_word_tags(model, minilm_tokenizer, [["a", "b", "c"]], ID2LABEL)
+    assert len(tags[0]) == 3
+
+
+@pytest.mark.slow
+def test_minilm_qa_predictions_are_valid_spans(minilm_tokenizer):
+    torch.manual_seed(0)
+    model = tc.qa_model()
+    examples = [qa_example("paris"), qa_example("london", "who met whom in where ?")]
+    predictions = tc.predict_answers(model, minilm_tokenizer, examples, max_length=32, stride=8,
+                                     max_answer_len=3)
+    for prediction in predictions:
+        assert prediction["answer"] == CONTEXT[prediction["start"]:prediction["end"]]
+        assert 0 < len(minilm_tokenizer.tokenize(prediction["answer"])) <= 3
+    loader = tc.make_loader(tc.build_qa_features(minilm_tokenizer, examples, 32, 8).features, 4)
+    assert model(**next(iter(loader))).loss.ndim == 0
+
+
+@pytest.mark.slow
+def test_spacy_silver_labels_and_questions():
+    from llm_tutorial import assets
+
+    try:
+        nlp = assets.load_spacy_ner()
+    except assets.AssetNotFoundError as error:
+        pytest.skip(str(error))
+    (doc,) = tc.annotate(nlp, ["Tony Blair flew to Washington on Monday with 20% of his staff."])
+    words, tags = tc.silver_tags(doc)
+    assert len(words) == len(tags) and tags[0] == "B-PERSON" and "B-GPE" in tags
+    article = ("Headline\n\nTony Blair flew to Washington on Monday for talks. "
+               "He met George Bush at the White House. The talks lasted two days in March.")
+    examples = tc.qa_examples_from_articles(nlp, [article] * 3, n=3, per_article=3)
+    assert examples
+    for example in examples:
+        tc.check_qa_example(example)
+        assert example.question.endswith("?") and example.answer not in example.question
