@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from llm_tutorial import assets
-from llm_tutorial.trainer import TrainConfig, Trainer
+from llm_tutorial.trainer import TrainConfig, Trainer, model_device
 
 __all__ = [
     "POOLINGS",
@@ -270,10 +270,6 @@ def batches(
                       generator=generator)
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
@@ -285,7 +281,7 @@ def predict_logits(
     the CPU as float32). `mixed_precision="bf16"` runs the forward under bf16 autocast."""
     if mixed_precision not in ("no", "bf16"):
         raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {mixed_precision!r}")
-    device = _device_of(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     outputs = []
@@ -329,7 +325,7 @@ def embed_texts(
     """Frozen text embeddings `(n, hidden)`: the encoder's pooled last hidden states, as a
     NumPy array for scikit-learn. Nothing is trained; this is the input of a *linear probe*."""
     enc = encode(tokenizer, texts, max_length)
-    device = _device_of(encoder)
+    device = model_device(encoder)
     was_training = encoder.training
     encoder.eval()
     out = []
@@ -536,7 +532,7 @@ def accumulation_gap(model: nn.Module, batch: Mapping[str, torch.Tensor], micro_
     if not isinstance(micro_batches, int) or micro_batches < 1 or size % micro_batches:
         raise ValueError(f"micro_batches must be a positive int dividing the batch size {size}, "
                          f"got {micro_batches!r}")
-    device = _device_of(model)
+    device = model_device(model)
     batch = {k: v.to(device) for k, v in batch.items()}
     params = [p for p in model.parameters() if p.requires_grad]
     was_training = model.training

@@ -33,6 +33,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from llm_tutorial.trainer import model_device
+
 IGNORE_INDEX = -100  # PyTorch's cross-entropy skips targets equal to this
 ALIGNMENTS = ("first", "all", "naive")
 WNUT_TYPES = ("corporation", "creative-work", "group", "location", "person", "product")
@@ -269,10 +271,6 @@ def qa_model(path=None, freeze_embeddings: bool = True):
     return _from_pretrained(AutoModelForQuestionAnswering, path, freeze_embeddings)
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 # --------------------------------------------------------------------------- NER predictions
 
 
@@ -298,8 +296,8 @@ def predict_word_tags(model, tokenizer, sentences: Sequence[Sequence[str]],
             encoding = tokenizer(chunk, is_split_into_words=True, truncation=True,
                                  max_length=max_length, padding=True, return_tensors="pt")
             with torch.no_grad():
-                logits = model(input_ids=encoding["input_ids"].to(_device(model)),
-                               attention_mask=encoding["attention_mask"].to(_device(model))).logits
+                logits = model(input_ids=encoding["input_ids"].to(model_device(model)),
+                               attention_mask=encoding["attention_mask"].to(model_device(model))).logits
             best = logits.argmax(-1).cpu().tolist()
             for i, words in enumerate(chunk):
                 tags = ["O"] * len(words)
@@ -737,7 +735,7 @@ def predict_answers(model, tokenizer, examples: Sequence[QAExample], max_length:
         for first in range(0, len(windows), batch_size):
             batch = collate(windows.features[first:first + batch_size], tokenizer.pad_token_id)
             with torch.no_grad():
-                output = model(**{k: v.to(_device(model)) for k, v in batch.items()})
+                output = model(**{k: v.to(model_device(model)) for k, v in batch.items()})
             for row in range(len(batch["input_ids"])):
                 w = first + row
                 offsets = windows.offsets[w]

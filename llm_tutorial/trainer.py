@@ -50,6 +50,7 @@ __all__ = [
     "make_scheduler",
     "compute_loss",
     "evaluate",
+    "model_device",
     "Trainer",
     "train",
     "save_checkpoint",
@@ -374,7 +375,8 @@ def _count_tokens(batch: Any) -> int:
     return 0 if tensor is None else tensor.numel()
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's (first) parameter: where its inputs must go."""
     try:
         return next(model.parameters()).device
     except StopIteration:
@@ -420,7 +422,7 @@ def evaluate(
     _check_model(model)
     if max_batches is not None and (not _is_int(max_batches) or max_batches <= 0):
         raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
-    device = _model_device(model) if device is None else torch.device(device)
+    device = model_device(model) if device is None else torch.device(device)
 
     was_training = model.training
     model.eval()
@@ -504,7 +506,7 @@ class Trainer:
         self.eval_fn = eval_fn
 
         if device is None:
-            self.device = _model_device(model)
+            self.device = model_device(model)
         else:
             self.device = torch.device(device)
             model.to(self.device)
