@@ -12,6 +12,7 @@ the hub, and only when asked for explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -130,6 +131,25 @@ def available_assets() -> dict[str, bool]:
 # --------------------------------------------------------------------------- models
 
 
+@contextlib.contextmanager
+def quiet_hf_loading():
+    """Load Hugging Face models without their log report or progress bar, restoring both after.
+
+    Loading a pretrained encoder with a fresh head logs "newly initialised weights" (expected
+    here), and a loading bar would make notebook outputs differ from run to run.
+    """
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+        hf_logging.enable_progress_bar()
+
+
 def load_minilm(mlm_head: bool = False, name_or_path: str | os.PathLike | None = None):
     """Load MiniLM (or another BERT) and its fast tokenizer; return ``(model, tokenizer)``.
 
@@ -143,14 +163,10 @@ def load_minilm(mlm_head: bool = False, name_or_path: str | os.PathLike | None =
     """
     import torch
     from transformers import AutoTokenizer, BertForMaskedLM, BertModel
-    from transformers.utils import logging as hf_logging
 
     source = _minilm_dir() if name_or_path is None else name_or_path
     model_class = BertForMaskedLM if mlm_head else BertModel
-    previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "newly initialised weights" report is expected here
-    hf_logging.disable_progress_bar()  # a loading bar would make notebook outputs volatile
-    try:
+    with quiet_hf_loading():
         model = model_class.from_pretrained(source)
         if mlm_head and name_or_path is None:
             dense = model.cls.predictions.transform.dense
@@ -158,9 +174,6 @@ def load_minilm(mlm_head: bool = False, name_or_path: str | os.PathLike | None =
                 dense.weight.copy_(torch.eye(dense.out_features, dense.in_features))
                 dense.bias.zero_()
         tokenizer = AutoTokenizer.from_pretrained(source)
-    finally:
-        hf_logging.set_verbosity(previous)
-        hf_logging.enable_progress_bar()
     model.eval()
     return model, tokenizer
 

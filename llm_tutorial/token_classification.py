@@ -232,19 +232,11 @@ def make_loader(features: Sequence[Mapping[str, object]], batch_size: int, seed:
 
 
 def _from_pretrained(model_class, path, freeze_embeddings: bool, **kwargs):
-    from transformers.utils import logging as hf_logging
-
     from llm_tutorial import assets
 
     source = assets.asset_path("minilm") if path is None else path
-    previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "newly initialized weights" is expected: the head is new
-    hf_logging.disable_progress_bar()  # a loading bar would make notebook outputs volatile
-    try:
+    with assets.quiet_hf_loading():  # "newly initialized weights" is expected: the head is new
         model = model_class.from_pretrained(source, **kwargs)
-    finally:
-        hf_logging.set_verbosity(previous)
-        hf_logging.enable_progress_bar()
     if freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     return model
