@@ -646,8 +646,7 @@ def regularisation_study(
         raise ValueError("seeds is empty: pass at least one seed")
     val_texts = _check_texts(val_texts, "val_texts")
     rows = []
-    tokenizer = None
-    val_enc = None
+    val_enc = original = None  # encoded once, with the first model's tokenizer
     for name, setting in settings.items():
         for seed in seeds:
             torch.manual_seed(seed)
@@ -656,9 +655,12 @@ def regularisation_study(
                                                num_layers=num_layers)
             if val_enc is None:
                 val_enc = encode(tokenizer, val_texts, max_length, val_labels)
-            texts, labels = augment(train_texts, train_labels, copies=setting.augment_copies,
-                                    seed=seed)
-            train_enc = encode(tokenizer, texts, max_length, labels)
+                original = encode(tokenizer, list(train_texts), max_length, train_labels)
+            train_enc = original
+            if setting.augment_copies:
+                texts, labels = augment(train_texts, train_labels,
+                                        copies=setting.augment_copies, seed=seed)
+                train_enc = encode(tokenizer, texts, max_length, labels)
             config = TrainConfig(
                 max_steps=max_steps, lr=lr, weight_decay=setting.weight_decay, warmup_steps=0.1,
                 eval_every=eval_every, log_every=eval_every, progress=progress, desc=name,
@@ -668,7 +670,6 @@ def regularisation_study(
             start = time.perf_counter()
             trainer = fine_tune(model, train_enc, config, batch_size, val_enc, seed, device)
             seconds = time.perf_counter() - start
-            original = encode(tokenizer, list(train_texts), max_length, train_labels)
             train_acc = accuracy(predict_logits(model, original), original["labels"])
             val_acc = accuracy(predict_logits(model, val_enc), val_enc["labels"])
             rows.append({"setting": name, "seed": seed, "train_accuracy": train_acc,
