@@ -472,6 +472,9 @@ class Trainer:
       a generated sample's length, ...) at the same moments.
     * `device` defaults to wherever the model's parameters already are; if you pass a
       different one, the model is moved there. Batches are moved for you.
+    * `on_optimizer_step(model, step)`, if given, is called after every optimizer step,
+      before the gradients are cleared (`step` counts from 1). Methods that adjust the
+      model from its gradients between steps use it: AdaLoRA reallocates its ranks there.
 
     Calling `train()` again after an interruption picks up where it stopped; calling
     it after `max_steps` does nothing. Like PyTorch itself, the trainer leaves the
@@ -486,6 +489,7 @@ class Trainer:
         eval_data: Iterable[Any] | None = None,
         device: torch.device | str | None = None,
         eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
+        on_optimizer_step: Callable[[nn.Module, int], None] | None = None,
     ) -> None:
         self.model = _check_model(model)
         self.config = _check_config(config)
@@ -501,6 +505,9 @@ class Trainer:
                 )
         if eval_fn is not None and not callable(eval_fn):
             raise TypeError("eval_fn must be a callable model -> dict[str, float], or None")
+        if on_optimizer_step is not None and not callable(on_optimizer_step):
+            raise TypeError("on_optimizer_step must be a callable (model, step) -> None, or None")
+        self.on_optimizer_step = on_optimizer_step
         self.train_data = train_data
         self.eval_data = eval_data
         self.eval_fn = eval_fn
@@ -649,6 +656,8 @@ class Trainer:
                 lr = scheduler.get_last_lr()[0]  # the rate this step was taken with
                 optimizer.step()
                 scheduler.step()
+                if self.on_optimizer_step is not None:
+                    self.on_optimizer_step(model, self.step + 1)
                 optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 steps_since_log += 1

@@ -498,3 +498,34 @@ def test_early_stopping_on_a_missing_metric_names_the_available_ones():
     trainer = Trainer(Regression(), regression_data(), config, eval_fn=lambda m: {"f1": 1.0})
     with pytest.raises(ValueError, match=r"'accuracy' is not among.*'f1'"):
         trainer.train()
+
+
+# --------------------------------------------------------------------- on_optimizer_step
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_on_optimizer_step_runs_after_each_step_before_zero_grad(accum):
+    seen = []
+
+    class Snapshot(Regression):
+        def forward(self, x, y):
+            self.before_step = self.linear.weight.detach().clone()
+            return super().forward(x, y)
+
+    def hook(model, step):
+        assert all(p.grad is not None for p in model.parameters()), "gradients still there"
+        assert not torch.equal(model.linear.weight, model.before_step), "after optimizer.step"
+        seen.append(step)
+
+    trainer = Trainer(Snapshot(), regression_data(), quiet(max_steps=5, grad_accum_steps=accum),
+                      on_optimizer_step=hook)
+    trainer.train()
+    assert seen == [1, 2, 3, 4, 5]
+    assert all(p.grad is None for p in trainer.model.parameters()), "cleared after the hook"
+    trainer.train()
+    assert seen == [1, 2, 3, 4, 5], "nothing more once max_steps is reached"
+
+
+def test_on_optimizer_step_must_be_callable():
+    with pytest.raises(TypeError, match="on_optimizer_step must be a callable"):
+        Trainer(Regression(), regression_data(), quiet(max_steps=1), on_optimizer_step=3)
