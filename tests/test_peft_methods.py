@@ -1,0 +1,633 @@
+"""Tests for `llm_tutorial.peft_methods`: LoRA, adapters, `peft`'s methods and the comparison.
+
+Every model here is a tiny random one built from a config; no pretrained asset is loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer, models, pre_tokenizers
+from torch import nn
+from transformers import (
+    BertConfig,
+    BertModel,
+    BertTokenizerFast,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+from llm_tutorial import finetuning as ft
+from llm_tutorial import peft_methods as pm
+
+# ---------------------------------------------------------------------------- fixtures
+
+HIDDEN, LAYERS, VOCAB = 32, 2, 100
+
+
+def bert_config() -> BertConfig:
+    return BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                      num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def tiny_bert(seed: int = 0) -> BertModel:
+    torch.manual_seed(seed)
+    return BertModel(bert_config(), add_pooling_layer=False).eval()
+
+
+def bert_inputs(n: int = 3, seq: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(n, seq, dtype=torch.long)
+    mask[0, seq // 2:] = 0  # one padded example
+    return {"input_ids": torch.randint(5, VOCAB, (n, seq), generator=g), "attention_mask": mask}
+
+
+@torch.no_grad()
+def hidden(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**inputs).last_hidden_state
+
+
+def randomise_lora_b(model: nn.Module, seed: int = 1) -> None:
+    """What training does to LoRA: B leaves zero, so the adapted model differs from the base."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in pm.lora_modules(model).values():
+            module.lora_B.copy_(0.1 * torch.randn(module.lora_B.shape, generator=g))
+
+
+def lora_bert(r: int = 4, alpha: float = 8, targets=("query", "value")) -> BertModel:
+    model = pm.freeze(tiny_bert())
+    pm.inject_lora(model, list(targets), r=r, alpha=alpha)
+    return model
+
+
+# ---------------------------------------------------------------------------- LoRALinear
+
+
+def test_lora_linear_starts_as_the_base_layer():
+    torch.manual_seed(0)
+    base = nn.Linear(6, 5)
+    lora = pm.LoRALinear(base, r=2, alpha=4)
+    x = torch.randn(3, 6)
+    assert torch.equal(lora(x), base(x))
+    assert not base.weight.requires_grad and not base.bias.requires_grad
+    assert lora.lora_A.requires_grad and lora.lora_B.requires_grad
+    assert lora.lora_A.shape == (2, 6) and lora.lora_B.shape == (5, 2)
+    assert lora.scaling == 2.0
+    assert torch.count_nonzero(lora.lora_A) > 0 and torch.count_nonzero(lora.lora_B) == 0
+
+
+def test_lora_linear_computes_w_plus_scaled_ba():
+    torch.manual_seed(0)
+    lora = pm.LoRALinear(nn.Linear(6, 5), r=3, alpha=1.5)
+    with torch.no_grad():
+        lora.lora_B.normal_()
+    delta = lora.delta_weight()
+    assert torch.allclose(delta, 0.5 * lora.lora_B @ lora.lora_A)
+    x = torch.randn(4, 6)
+    expected = F.linear(x, lora.base.weight + delta, lora.base.bias)
+    assert torch.allclose(lora(x), expected, atol=1e-6)
+
+
+def test_merged_is_a_plain_frozen_linear_with_the_same_outputs():
+    torch.manual_seed(0)
+    for bias in (True, False):
+        lora = pm.LoRALinear(nn.Linear(6, 5, bias=bias), r=2, alpha=4)
+        with torch.no_grad():
+            lora.lora_B.normal_()
+        merged = lora.merged()
+        assert type(merged) is nn.Linear
+        assert (merged.bias is None) == (not bias)
+        assert not any(p.requires_grad for p in merged.parameters())
+        x = torch.randn(4, 6)
+        assert torch.allclose(merged(x), lora(x), atol=1e-6)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"r": 0}, "rank"),
+    ({"r": -2}, "rank"),
+    ({"r": 2.0}, "rank"),
+    ({"r": True}, "rank"),
+    ({"alpha": 0}, "alpha"),
+    ({"alpha": -1.0}, "alpha"),
+    ({"dropout": 1.0}, "dropout"),
+    ({"dropout": -0.1}, "dropout"),
+])
+def test_lora_linear_rejects_bad_arguments(kwargs, match):
+    args = {"r": 2, "alpha": 4, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        pm.LoRALinear(nn.Linear(4, 4), **args)
+
+
+def test_lora_linear_wraps_only_linear_layers():
+    with pytest.raises(TypeError, match="Conv1d"):
+        pm.LoRALinear(nn.Conv1d(4, 4, 1), r=2, alpha=4)
+
+
+# ---------------------------------------------------------------------------- find_modules
+
+
+def test_find_modules_list_matches_name_suffixes():
+    names = pm.find_modules(tiny_bert(), ["query", "value"])
+    assert len(names) == 2 * LAYERS
+    assert "encoder.layer.0.attention.self.query" in names
+    assert all(n.endswith((".query", ".value")) for n in names)
+
+
+def test_output_dense_matches_attention_and_feed_forward_outputs():
+    names = pm.find_modules(tiny_bert(), ["output.dense"])
+    assert names == [f"encoder.layer.{i}.{part}output.dense"
+                     for i in range(LAYERS) for part in ("attention.", "")]
+
+
+def test_find_modules_full_name_and_module_types():
+    model = tiny_bert()
+    full = "encoder.layer.1.attention.self.key"
+    assert pm.find_modules(model, [full]) == [full]
+    norms = pm.find_modules(model, ["LayerNorm"], module_types=(nn.LayerNorm,))
+    assert len(norms) == 1 + 2 * LAYERS
+
+
+def test_find_modules_regex_must_match_the_whole_name():
+    model = tiny_bert()
+    names = pm.find_modules(model, pm.ADAPTER_TARGETS["pfeiffer"])
+    assert names == [f"encoder.layer.{i}.output.dense" for i in range(LAYERS)]
+    assert len(pm.find_modules(model, pm.ADAPTER_TARGETS["houlsby"])) == 2 * LAYERS
+    with pytest.raises(ValueError, match="whole name"):
+        pm.find_modules(model, "query")  # a regex, so it matches no full name
+
+
+def test_find_modules_typo_lists_close_matches():
+    with pytest.raises(ValueError, match=r"'querry' matches no Linear.*Close matches: \[.*'query'"):
+        pm.find_modules(tiny_bert(), ["query", "querry"])
+
+
+def test_find_modules_names_the_type_of_a_non_linear_match():
+    with pytest.raises(ValueError, match="is a BertAttention, not a Linear"):
+        pm.find_modules(tiny_bert(), ["attention"])
+
+
+def test_find_modules_rejects_bad_targets():
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        pm.find_modules(model, "(query")
+    with pytest.raises(ValueError, match="matches no Linear"):
+        pm.find_modules(model, r".*nothing\.here")
+    with pytest.raises(TypeError, match="non-empty list"):
+        pm.find_modules(model, [])
+    with pytest.raises(TypeError, match="non-empty list"):
+        pm.find_modules(model, 3)
+    with pytest.raises(TypeError, match="non-empty strings"):
+        pm.find_modules(model, ["query", 3])
+    with pytest.raises(TypeError, match="nn.Module"):
+        pm.find_modules("model", ["query"])
+
+
+# ---------------------------------------------------------------------------- inject, merge
+
+
+def test_inject_lora_keeps_outputs_and_trains_only_a_and_b():
+    model = tiny_bert()
+    inputs = bert_inputs()
+    before = hidden(model, inputs)
+    total = pm.count_parameters(model)["total"]
+    pm.freeze(model)
+    names = pm.inject_lora(model, ["query", "value"], r=4, alpha=8)
+    assert names == pm.find_modules(tiny_bert(), ["query", "value"])
+    assert set(pm.lora_modules(model)) == set(names)
+    assert isinstance(model.encoder.layer[0].attention.self.query, pm.LoRALinear)
+    assert torch.allclose(hidden(model, inputs), before)
+
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable)
+    expected = len(names) * 4 * (HIDDEN + HIDDEN)  # r * (in + out) per module
+    assert pm.count_parameters(model) == {"trainable": expected, "total": total + expected}
+
+
+def test_inject_lora_checks_rank_before_touching_the_model():
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="rank"):
+        pm.inject_lora(model, ["query"], r=0)
+    assert not pm.lora_modules(model)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_merge_lora_restores_the_architecture_with_the_same_outputs():
+    original_total = pm.count_parameters(tiny_bert())["total"]
+    model = lora_bert()
+    randomise_lora_b(model)
+    inputs = bert_inputs()
+    adapted = hidden(model, inputs)
+    assert not torch.allclose(adapted, hidden(tiny_bert(), inputs), atol=1e-3)
+
+    assert pm.merge_lora(model) == 2 * LAYERS
+    assert not pm.lora_modules(model)
+    query = model.encoder.layer[1].attention.self.query
+    assert type(query) is nn.Linear
+    assert torch.allclose(hidden(model, inputs), adapted, atol=1e-5)
+    assert pm.count_parameters(model) == {"trainable": 0, "total": original_total}
+    with pytest.raises(ValueError, match="no LoRALinear"):
+        pm.merge_lora(model)
+
+
+def test_remove_lora_puts_the_original_layers_back():
+    model = tiny_bert()
+    inputs = bert_inputs()
+    before = hidden(model, inputs)
+    query = model.encoder.layer[0].attention.self.query
+    pm.inject_lora(model, ["query", "value"], r=2, alpha=4)
+    randomise_lora_b(model)
+    assert not torch.allclose(hidden(model, inputs), before, atol=1e-3)
+    assert pm.remove_lora(model) == 2 * LAYERS
+    assert model.encoder.layer[0].attention.self.query is query
+    assert torch.equal(hidden(model, inputs), before)
+    with pytest.raises(ValueError, match="no LoRALinear layers to remove"):
+        pm.remove_lora(model)
+
+
+# ---------------------------------------------------------------------------- peft
+
+
+def test_our_lora_matches_peft_lora():
+    base = tiny_bert()
+    ours = copy.deepcopy(base)
+    pm.inject_lora(ours, ["query", "value"], r=4, alpha=8)
+    randomise_lora_b(ours)
+    theirs = pm.peft_wrap(copy.deepcopy(base), "lora", r=4, lora_alpha=8,
+                          target_modules=["query", "value"]).eval()
+    assert pm.copy_lora_into_peft(ours, theirs) == 2 * LAYERS
+    inputs = bert_inputs()
+    assert torch.allclose(hidden(ours, inputs), hidden(theirs, inputs), atol=1e-5)
+    assert not torch.allclose(hidden(base, inputs), hidden(theirs, inputs), atol=1e-3)
+
+
+def test_copy_lora_into_peft_rejects_mismatches():
+    theirs = pm.peft_wrap(tiny_bert(), "lora", r=4, lora_alpha=8,
+                          target_modules=["query", "value"])
+    with pytest.raises(ValueError, match="r=4.*ours r=2"):
+        pm.copy_lora_into_peft(lora_bert(r=2, alpha=4), theirs)
+    with pytest.raises(KeyError, match="key"):
+        pm.copy_lora_into_peft(lora_bert(targets=("key",)), theirs)
+    with pytest.raises(ValueError, match="inject_lora"):
+        pm.copy_lora_into_peft(tiny_bert(), theirs)
+
+
+@pytest.mark.parametrize(("method", "kwargs"), [
+    ("prefix", {"num_virtual_tokens": 4}),
+    ("ia3", {}),
+    ("adalora", {"total_step": 10}),
+])
+def test_peft_wrap_methods_run_a_forward_pass(method, kwargs):
+    model = pm.peft_wrap(tiny_bert(), method, **kwargs).eval()
+    counts = pm.count_parameters(model)
+    assert 0 < counts["trainable"] < counts["total"]
+    inputs = bert_inputs()
+    assert hidden(model, inputs).shape == (3, 8, HIDDEN)
+
+
+def test_adalora_method_needs_three_steps():
+    model = types.SimpleNamespace(encoder=tiny_bert(), head=nn.Linear(4, 2))
+    prepare = pm.standard_methods()["AdaLoRA (12→8)"].prepare
+    with pytest.raises(ValueError, match="AdaLoRA needs max_steps >= 3"):
+        prepare(model, 2)
+
+
+def test_peft_wrap_rejects_unknown_methods_and_adalora_without_total_step():
+    with pytest.raises(KeyError, match="unknown peft method 'bitfit'.*'prefix'"):
+        pm.peft_wrap(tiny_bert(), "bitfit")
+    with pytest.raises(ValueError, match="total_step"):
+        pm.peft_wrap(tiny_bert(), "adalora")
+
+
+# ---------------------------------------------------------------------------- adapters
+
+
+def test_bottleneck_adapter_is_the_identity_at_init():
+    torch.manual_seed(0)
+    adapter = pm.BottleneckAdapter(8, 3)
+    h = torch.randn(2, 5, 8)
+    assert torch.equal(adapter(h), h)
+    assert sum(p.numel() for p in adapter.parameters()) == 8 * 3 + 3 + 3 * 8 + 8
+
+
+@pytest.mark.parametrize("bottleneck", [0, -4, 2.0, True])
+def test_bottleneck_must_be_a_positive_int(bottleneck):
+    with pytest.raises(ValueError, match="bottleneck"):
+        pm.BottleneckAdapter(8, bottleneck)
+
+
+@pytest.mark.parametrize(("style", "per_layer"), [("houlsby", 2), ("pfeiffer", 1)])
+def test_inject_adapters(style, per_layer):
+    model = tiny_bert()
+    inputs = bert_inputs()
+    before = hidden(model, inputs)
+    pm.freeze(model)
+    names = pm.inject_adapters(model, pm.ADAPTER_TARGETS[style], bottleneck=4)
+    assert len(names) == per_layer * LAYERS
+    assert all(isinstance(model.get_submodule(n), pm.AdaptedLinear) for n in names)
+    assert torch.allclose(hidden(model, inputs), before)
+    per_adapter = 2 * HIDDEN * 4 + 4 + HIDDEN
+    assert pm.count_parameters(model)["trainable"] == len(names) * per_adapter
+
+
+def test_inject_adapters_with_a_bad_bottleneck_leaves_the_model_untouched():
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="bottleneck"):
+        pm.inject_adapters(model, pm.ADAPTER_TARGETS["pfeiffer"], bottleneck=0)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------- bookkeeping
+
+
+def test_count_parameters_counts_shared_tensors_once():
+    linear = nn.Linear(4, 3)
+    linear.weight.requires_grad_(False)
+    shared = nn.Sequential(linear, linear)
+    assert pm.count_parameters(shared) == {"trainable": 3, "total": 15}
+    assert pm.count_parameters(pm.unfreeze(shared)) == {"trainable": 15, "total": 15}
+    assert pm.count_parameters(pm.freeze(shared)) == {"trainable": 0, "total": 15}
+
+
+def test_trainable_by_location():
+    model = ft.SequenceClassifier(tiny_bert(), num_labels=3)
+    pm.freeze(model.encoder)
+    assert pm.trainable_by_location(model) == {"head": HIDDEN * 3 + 3}
+    pm.inject_lora(model.encoder, ["query", "value"], r=2, alpha=4)
+    pm.inject_adapters(model.encoder, pm.ADAPTER_TARGETS["pfeiffer"], bottleneck=4)
+    model.encoder.encoder.layer[0].output.LayerNorm.requires_grad_(True)
+    assert pm.trainable_by_location(model) == {
+        "head": HIDDEN * 3 + 3,
+        "attention": 2 * LAYERS * 2 * (2 * HIDDEN),
+        "feed-forward": LAYERS * (2 * HIDDEN * 4 + 4 + HIDDEN),
+        "LayerNorm": 2 * HIDDEN,
+    }
+    unfrozen = pm.trainable_by_location(pm.unfreeze(tiny_bert()))
+    assert sum(unfrozen.values()) == pm.count_parameters(tiny_bert())["total"]
+    assert set(unfrozen) == {"embeddings", "LayerNorm", "attention", "feed-forward"}
+
+
+def test_training_state_bytes():
+    linear = nn.Linear(4, 3)
+    linear.weight.requires_grad_(False)
+    # frozen: the weight itself (4 bytes each); trainable: weight, grad and two Adam moments
+    assert pm.training_state_bytes(linear) == 12 * 4 + 3 * 16
+    assert pm.training_state_bytes(pm.freeze(linear)) == 15 * 4
+    assert pm.training_state_bytes(linear.to(torch.bfloat16)) == 15 * 2
+
+
+def test_trainable_state_dict_holds_only_trainable_detached_tensors():
+    model = lora_bert()
+    state = pm.trainable_state_dict(model)
+    assert set(state) == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert len(state) == 2 * 2 * LAYERS
+    assert all(not t.requires_grad and t.device.type == "cpu" for t in state.values())
+
+
+def test_forward_latency():
+    seconds = pm.forward_latency(tiny_bert().train(), bert_inputs(), repeats=2, warmup=1)
+    assert seconds > 0
+    with pytest.raises(ValueError, match="repeats"):
+        pm.forward_latency(tiny_bert(), bert_inputs(), repeats=0)
+
+
+# ---------------------------------------------------------------------------- save / load
+
+LORA_CONFIG = {"method": "lora", "r": 4, "alpha": 8, "target_modules": ["query", "value"]}
+
+
+def test_adapter_roundtrip(tmp_path):
+    model = lora_bert()
+    randomise_lora_b(model)
+    path = pm.save_adapter(model, tmp_path / "sub" / "lora.safetensors", LORA_CONFIG)
+    assert path.is_file()
+
+    fresh = lora_bert()  # same injection, different A (the rng has moved on)
+    inputs = bert_inputs()
+    assert not torch.allclose(hidden(fresh, inputs), hidden(model, inputs), atol=1e-3)
+    assert pm.load_adapter(fresh, path) == LORA_CONFIG
+    assert torch.equal(hidden(fresh, inputs), hidden(model, inputs))
+
+
+def test_load_adapter_mismatches_raise_value_error(tmp_path):
+    path = pm.save_adapter(lora_bert(), tmp_path / "lora.safetensors", LORA_CONFIG)
+    with pytest.raises(ValueError, match=r"shapes do not fit.*\(4, 32\) vs model \(2, 32\).*'r': 4"):
+        pm.load_adapter(lora_bert(r=2, alpha=4), path)
+    with pytest.raises(ValueError, match="lacks"):
+        pm.load_adapter(pm.freeze(tiny_bert()), path)
+    with pytest.raises(ValueError, match="trainable parameters the file lacks"):
+        pm.load_adapter(lora_bert(targets=("query", "value", "key")), path)
+
+
+def test_load_adapter_bad_files(tmp_path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not an adapter at all" * 10)
+    with pytest.raises(ValueError, match="not a safetensors adapter file"):
+        pm.load_adapter(lora_bert(), garbage)
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        pm.load_adapter(lora_bert(), tmp_path / "missing.safetensors")
+
+
+def test_save_adapter_errors(tmp_path):
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        pm.save_adapter(pm.freeze(tiny_bert()), tmp_path / "a.safetensors")
+    with pytest.raises(TypeError, match="JSON"):
+        pm.save_adapter(lora_bert(), tmp_path / "b.safetensors", {"dtype": torch.float32})
+    path = pm.save_adapter(lora_bert(), tmp_path / "c.safetensors")  # no config
+    assert pm.load_adapter(lora_bert(), path) == {}
+
+
+# ---------------------------------------------------------------------------- comparison
+
+WORDS = ("the match ended in a draw shares fell on stock market minister announced an "
+         "election new phone with faster chip film won award striker scored twice").split()
+TEXTS = ["the match ended in a draw", "shares fell on the stock market",
+         "the minister announced an election", "a new phone with a faster chip",
+         "the film won an award", "the striker scored twice", "a draw in the match",
+         "stock market shares fell", "an election announced", "a faster phone chip",
+         "an award for the film", "the striker scored"]
+LABELS = [0, 1, 2, 1, 2, 0, 0, 1, 2, 1, 2, 0]
+
+
+@pytest.fixture
+def tiny_classifiers(monkeypatch):
+    """`ft.load_classifier` replaced by a tiny random BERT classifier and a word tokenizer."""
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    tokenizer = BertTokenizerFast(vocab=vocab)
+
+    def load_classifier(num_labels, num_layers=None, **_):
+        config = bert_config()
+        config.num_hidden_layers = num_layers or LAYERS
+        encoder = BertModel(config, add_pooling_layer=False)
+        return ft.SequenceClassifier(encoder, num_labels, dropout=0.0), tokenizer
+
+    monkeypatch.setattr(ft, "load_classifier", load_classifier)
+
+
+def test_compare_and_summarise_methods(tiny_classifiers):
+    methods = pm.standard_methods(lora_ranks=(2,), bottleneck=4)
+    chosen = ["full fine-tuning", "linear probe (head only)", "LoRA r=2",
+              "adapters (Houlsby, 4)", "prefix tuning (16)", "IA3", "AdaLoRA (12→8)"]
+    results = pm.compare_methods({k: methods[k] for k in chosen}, TEXTS, LABELS, TEXTS[:6],
+                                 LABELS[:6], num_labels=3, seeds=(0, 1), max_steps=4,
+                                 batch_size=4, max_length=12)
+    assert {"method", "seed", "accuracy", "trainable", "total", "trainable %", "seconds",
+            "train state MB", "peak GPU MB", "checkpoint MB", "final train loss",
+            "where"} <= set(results.columns)
+    assert list(zip(results["method"], results["seed"], strict=True)) == [
+        (m, s) for m in chosen for s in (0, 1)]
+    rows = results.set_index(["method", "seed"])
+    assert rows.loc[("full fine-tuning", 0), "trainable %"] == 100
+    head = HIDDEN * 3 + 3
+    assert rows.loc[("linear probe (head only)", 1), "trainable"] == head
+    assert rows.loc[("linear probe (head only)", 0), "where"] == {"head": head}
+    lora = (2 * LAYERS) * 2 * (2 * HIDDEN)  # 4 modules, r * (in + out) each
+    assert rows.loc[("LoRA r=2", 0), "trainable"] == lora + head
+    assert rows.loc[("LoRA r=2", 0), "where"] == {"attention": lora, "head": head}
+    assert all(sum(where.values()) == n
+               for where, n in zip(results["where"], results["trainable"], strict=True))
+    full_mb = rows.loc[("full fine-tuning", 0), "checkpoint MB"]
+    assert rows.loc[("LoRA r=2", 0), "checkpoint MB"] < 0.2 * full_mb
+    assert results["peak GPU MB"].isna().all()
+    assert results["accuracy"].between(0, 1).all()
+    assert results["final train loss"].notna().all()
+
+    table = pm.summarise_comparison(results)
+    assert list(table.index) == chosen
+    assert {"accuracy", "± std", "seeds", "checkpoint % of full"} <= set(table.columns)
+    assert (table["seeds"] == 2).all()
+    probe = results[results["method"] == "linear probe (head only)"]["accuracy"]
+    assert table.loc["linear probe (head only)", "accuracy"] == pytest.approx(probe.mean())
+    assert table.loc["linear probe (head only)", "± std"] == pytest.approx(probe.std(ddof=0))
+    assert table.loc["full fine-tuning", "checkpoint % of full"] == pytest.approx(100)
+    assert table.loc["LoRA r=2", "checkpoint % of full"] < 20
+
+
+def test_compare_methods_rejects_empty_inputs(tiny_classifiers):
+    methods = pm.standard_methods(lora_ranks=(2,))
+    args = (TEXTS, LABELS, TEXTS, LABELS, 3)
+    with pytest.raises(ValueError, match="methods is empty"):
+        pm.compare_methods({}, *args)
+    with pytest.raises(ValueError, match="seeds is empty"):
+        pm.compare_methods(methods, *args, seeds=())
+    with pytest.raises(TypeError, match="must be a Method"):
+        pm.compare_methods({"bad": "lora"}, *args, max_steps=1)
+
+
+def test_summarise_comparison_needs_the_comparison_columns():
+    with pytest.raises(KeyError, match="accuracy"):
+        pm.summarise_comparison(pd.DataFrame({"method": ["a"], "seed": [0]}))
+
+
+# ---------------------------------------------------------------------------- a causal LM
+
+SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
+CHAT_WORDS = ("user assistant what is the capital of france paris say hi hello name a colour "
+              "red blue translate cat into french chat").split()
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+RECORDS = [
+    {"instruction": "what is the capital of france", "output": "paris"},
+    {"instruction": "translate cat into french", "input": "cat", "output": "chat chat"},
+    {"instruction": "name a colour", "output": "red or blue"},  # "or" is unknown
+]
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer():
+    vocab = {w: i for i, w in enumerate(SPECIAL + CHAT_WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens(SPECIAL)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>",
+                                   pad_token="<pad>", unk_token="<unk>", chat_template=CHATML)
+
+
+def tiny_llama(tokenizer, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"))
+    return LlamaForCausalLM(config)
+
+
+def test_chat_prompt_ends_where_the_answer_begins(chat_tokenizer):
+    prompt = pm.chat_prompt(chat_tokenizer, "say hi", "hello")
+    assert prompt == "<|im_start|>user\nsay hi\n\nhello<|im_end|>\n<|im_start|>assistant\n"
+    with pytest.raises(ValueError, match="instruction"):
+        pm.chat_prompt(chat_tokenizer, "  ")
+
+
+def test_encode_chat_sft_masks_prompt_and_padding(chat_tokenizer):
+    enc = pm.encode_chat_sft(chat_tokenizer, RECORDS, max_length=32)
+    eos, pad = chat_tokenizer.eos_token_id, chat_tokenizer.pad_token_id
+    for row, rec in enumerate(RECORDS):
+        prompt = chat_tokenizer(pm.chat_prompt(chat_tokenizer, rec["instruction"],
+                                               rec.get("input", "")),
+                                add_special_tokens=False)["input_ids"]
+        n = int(enc["attention_mask"][row].sum())
+        ids, labels = enc["input_ids"][row], enc["labels"][row]
+        assert ids[:len(prompt)].tolist() == prompt
+        assert (labels[:len(prompt)] == -100).all()
+        assert torch.equal(labels[len(prompt):n], ids[len(prompt):n])
+        assert ids[n - 1] == eos, "every answer ends with the end-of-turn token"
+        assert (labels[n:] == -100).all() and (ids[n:] == pad).all()
+        assert (enc["attention_mask"][row, :n] == 1).all()
+    widths = enc["attention_mask"].sum(1)
+    assert enc["input_ids"].shape[1] == widths.max() and widths.min() < widths.max()
+
+
+def test_encode_chat_sft_cuts_long_answers_and_rejects_bad_records(chat_tokenizer):
+    record = {"instruction": "say hi", "output": "hello " * 20}
+    enc = pm.encode_chat_sft(chat_tokenizer, [record], max_length=16)
+    assert enc["input_ids"].shape == (1, 16) and (enc["labels"][0, -4:] != -100).all()
+    with pytest.raises(KeyError, match="output"):
+        pm.encode_chat_sft(chat_tokenizer, [{"instruction": "say hi"}])
+    with pytest.raises(ValueError, match="records is empty"):
+        pm.encode_chat_sft(chat_tokenizer, [])
+    with pytest.raises(ValueError, match="max_length"):
+        pm.encode_chat_sft(chat_tokenizer, RECORDS, max_length=4)
+
+
+def test_answer_only_loss_equals_the_full_lm_loss(chat_tokenizer):
+    model = tiny_llama(chat_tokenizer)
+    enc = pm.encode_chat_sft(chat_tokenizer, RECORDS)
+    ours = pm.AnswerOnlyLM(model)(**enc).loss
+    assert ours.item() == pytest.approx(model(**enc).loss.item(), abs=1e-5)
+    ours.backward()
+    assert model.lm_head.weight.grad is not None
+    with pytest.raises(ValueError, match="labels"):
+        pm.AnswerOnlyLM(model)(enc["input_ids"], enc["attention_mask"])
+    with pytest.raises(TypeError, match="causal LM"):
+        pm.AnswerOnlyLM(tiny_bert())
+
+
+def test_answer_nll(chat_tokenizer):
+    model = tiny_llama(chat_tokenizer).train()
+    enc = pm.encode_chat_sft(chat_tokenizer, RECORDS)
+    nll = pm.answer_nll(model, enc, batch_size=2)
+    assert isinstance(nll, float) and nll > 0
+    with torch.no_grad():
+        assert nll == pytest.approx(model.eval()(**enc).loss.item(), abs=1e-5)
+    assert not model.training
+    model.train()
+    pm.answer_nll(model, enc)
+    assert model.training, "answer_nll restores the training mode"
+
+
+def test_generate_answers_every_instruction(chat_tokenizer):
+    model = tiny_llama(chat_tokenizer).train()
+    answers = pm.generate(model, chat_tokenizer, ["say hi", "what is the capital of france"],
+                          max_new_tokens=3)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    assert model.training and chat_tokenizer.padding_side == "right"
+    with pytest.raises(TypeError, match="list of strings"):
+        pm.generate(model, chat_tokenizer, "say hi")
