@@ -43,12 +43,11 @@ from typing import Any
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from llm_tutorial import finetuning as ft
-from llm_tutorial.trainer import TrainConfig, Trainer, model_device
+from llm_tutorial.trainer import TrainConfig, Trainer, model_device, read_safetensors
 
 __all__ = [
     "LoRALinear",
@@ -434,15 +433,7 @@ def load_adapter(model: nn.Module, path: str | os.PathLike) -> dict[str, Any]:
     says what differs and which config the adapter was trained with.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no adapter file at {path}; save one with save_adapter")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except Exception as error:  # safetensors raises its own error types for bad files
-        raise ValueError(f"{path} is not a safetensors adapter file ({error}); "
-                         f"re-save it with save_adapter") from error
+    tensors, meta = read_safetensors(path, "adapter", "save_adapter")
     config = json.loads(meta.get("config", "{}"))
     params = dict(model.named_parameters())
     hint = f"Inject the adapter the file was trained with first: {config or 'no config saved'}"

@@ -54,6 +54,7 @@ __all__ = [
     "Trainer",
     "train",
     "save_checkpoint",
+    "read_safetensors",
     "load_checkpoint",
 ]
 
@@ -752,6 +753,27 @@ def _first_few(keys: Iterable[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + more
 
 
+def read_safetensors(
+    path: str | Path, kind: str = "checkpoint", saver: str = "save_checkpoint"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors (on the CPU) and the metadata of a safetensors file. A missing file raises
+    `FileNotFoundError` and an unreadable one `ValueError`, both saying which function
+    (`saver`) writes a `kind` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {kind} file at {path}; save one with {saver}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as error:  # safetensors raises its own error types for bad files
+        raise ValueError(
+            f"{path} is not a valid safetensors {kind} ({type(error).__name__}: {error}); "
+            f"it may be truncated or in another format - re-save it with {saver}"
+        ) from error
+    return tensors, metadata
+
+
 def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> dict[str, str]:
     """
     ## Loading
@@ -766,17 +788,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
     """
     _check_model(model)
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}; save one with save_checkpoint")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            metadata = dict(f.metadata() or {})
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except Exception as error:  # safetensors raises its own error types for bad files
-        raise ValueError(
-            f"{path} is not a valid safetensors checkpoint ({type(error).__name__}: {error}); "
-            f"it may be truncated or in another format - re-save it with save_checkpoint"
-        ) from error
+    tensors, metadata = read_safetensors(path, "checkpoint", "save_checkpoint")
 
     state = model.state_dict()
     groups = _shared_groups(state)

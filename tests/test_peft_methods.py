@@ -429,7 +429,7 @@ def test_load_adapter_mismatches_raise_value_error(tmp_path):
 def test_load_adapter_bad_files(tmp_path):
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not an adapter at all" * 10)
-    with pytest.raises(ValueError, match="not a safetensors adapter file"):
+    with pytest.raises(ValueError, match="not a valid safetensors adapter"):
         pm.load_adapter(lora_bert(), garbage)
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         pm.load_adapter(lora_bert(), tmp_path / "missing.safetensors")
