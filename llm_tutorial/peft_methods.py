@@ -47,6 +47,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from llm_tutorial import finetuning as ft
+from llm_tutorial import instructions, pretraining
 from llm_tutorial.trainer import TrainConfig, Trainer, model_device, read_safetensors
 
 __all__ = [
@@ -355,9 +356,8 @@ def unfreeze(module: nn.Module) -> nn.Module:
 def count_parameters(model: nn.Module) -> dict[str, int]:
     """`{"trainable": ..., "total": ...}` parameter counts (`parameters()` yields a tensor
     shared by two modules, such as tied embeddings, once)."""
-    params = list(model.parameters())
-    return {"trainable": sum(p.numel() for p in params if p.requires_grad),
-            "total": sum(p.numel() for p in params)}
+    return {"trainable": pretraining.count_parameters(model, trainable_only=True),
+            "total": pretraining.count_parameters(model)}
 
 
 def trainable_by_location(model: nn.Module) -> dict[str, int]:
@@ -787,9 +787,8 @@ def chat_prompt(tokenizer, instruction: str, context: str = "") -> str:
     with the tokenizer's chat template, ending where the assistant's answer begins."""
     if not isinstance(instruction, str) or not instruction.strip():
         raise ValueError("instruction must be a non-empty string")
-    content = instruction if not context else f"{instruction}\n\n{context}"
-    return tokenizer.apply_chat_template([{"role": "user", "content": content}],
-                                         tokenize=False, add_generation_prompt=True)
+    return instructions.render_chat(tokenizer, instructions.Record(instruction, context, ""),
+                                    with_answer=False)
 
 
 def encode_chat_sft(
