@@ -799,7 +799,9 @@ def encode_chat_sft(
     `output`): the prompt through the chat template, then the answer and the end-of-turn
     token. `labels` are the token ids with every prompt and padding position set to -100, so
     the loss is the answer's negative log-likelihood only. Right-padded to the longest
-    example; examples longer than `max_length` are cut at the end.
+    example; examples longer than `max_length` are cut at the end. (Notebook 06's
+    `instructions.encode_sft` is the full version: it cuts the input from the left and never
+    the answer, and its examples can be packed.)
     """
     if not records:
         raise ValueError("records is empty: pass at least one {instruction, input, output} dict")
@@ -817,17 +819,8 @@ def encode_chat_sft(
             raise ValueError(f"records[{i}]'s prompt has {len(prompt)} tokens, max_length is "
                              f"{max_length}: raise max_length or drop the record")
         ids = (prompt + answer)[:max_length]
-        rows.append((ids, [-100] * len(prompt) + ids[len(prompt):]))
-    width = max(len(ids) for ids, _ in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = {"input_ids": torch.full((len(rows), width), pad, dtype=torch.long),
-           "attention_mask": torch.zeros((len(rows), width), dtype=torch.long),
-           "labels": torch.full((len(rows), width), -100, dtype=torch.long)}
-    for row, (ids, labels) in enumerate(rows):
-        out["input_ids"][row, :len(ids)] = torch.tensor(ids)
-        out["attention_mask"][row, :len(ids)] = 1
-        out["labels"][row, :len(ids)] = torch.tensor(labels)
-    return out
+        rows.append(instructions.Example(tuple(ids), tuple([-100] * len(prompt) + ids[len(prompt):])))
+    return instructions.pad(rows, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
 
 @dataclass
@@ -852,11 +845,17 @@ class AnswerOnlyLM(nn.Module):
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, **_: Any) -> _LossOutput:
+                labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+                **_: Any) -> _LossOutput:
         if labels is None:
             raise ValueError("AnswerOnlyLM needs labels (-100 where there is no target)")
-        hidden = self.model.get_decoder()(input_ids=input_ids,
-                                          attention_mask=attention_mask).last_hidden_state
+        # Packed rows (several examples in one row, `instructions.pack`) come with position_ids
+        # that restart at 0 for each example and no attention_mask: transformers then builds a
+        # block-diagonal causal mask, so examples cannot see each other. It only does so
+        # without a KV cache, hence use_cache=False.
+        hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                          position_ids=position_ids,
+                                          use_cache=False).last_hidden_state
         targets = labels[:, 1:]  # position t predicts token t + 1
         keep = targets != -100
         logits = self.model.get_output_embeddings()(hidden[:, :-1][keep])

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llm_tutorial import instructions as ins
+from llm_tutorial import peft_methods as pm
 from llm_tutorial.instructions import Record
 
 
@@ -139,3 +141,264 @@ def test_render_alpaca_and_chat():
     assert messages == [{"role": "user", "content": "Add the numbers.\n\n2 + 3"}] and gen is True
     messages, gen = json.loads(ins.render_chat(Tok(), record))
     assert messages[-1] == {"role": "assistant", "content": "5"} and gen is False
+
+
+# ------------------------------------------------------------------------------ SFT collation
+# A word-level chat tokenizer and a tiny random Llama: fast, offline, and enough to check the
+# token bookkeeping and that packing computes exactly what padding computes.
+
+SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
+WORDS = ("system user assistant what is the capital of france paris say hi hello name a colour "
+         "red blue green translate cat dog into french chat chien count words in this text "
+         "one two three four five six seven eight nine ten").split()
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+SFT_RECORDS = [Record("what is the capital of france", "", "paris"),
+               Record("translate cat into french", "cat", "chat"),
+               Record("name a colour", "", "red or blue"),
+               Record("say hi", "", "hello hello hello"),
+               Record("count words in this text", "one two three", "three"),
+               Record("translate dog into french", "", "chien")]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(SPECIAL + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens(SPECIAL)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>",
+                                   pad_token="<pad>", unk_token="<unk>", chat_template=CHATML)
+
+
+def tiny_llama(tokenizer, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                         bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"))
+    return LlamaForCausalLM(config)
+
+
+def _ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_encode_sft_masks_the_prompt_and_ends_with_end_of_turn(tok):
+    examples = ins.encode_sft(tok, SFT_RECORDS)
+    for record, example in zip(SFT_RECORDS, examples, strict=True):
+        prompt = _ids(tok, ins.render_chat(tok, record, with_answer=False))
+        assert list(example.input_ids) == _ids(tok, ins.render_chat(tok, record))
+        assert list(example.labels[:len(prompt)]) == [-100] * len(prompt)
+        answer = list(example.labels[len(prompt):])
+        assert answer == list(example.input_ids[len(prompt):]) and -100 not in answer
+        assert tok.decode(answer).startswith(record.output.replace("or", "<unk>"))
+        assert tok.convert_ids_to_tokens(answer).count("<|im_end|>") == 1
+        assert not example.truncated and len(example) == len(example.input_ids)
+    unmasked = ins.encode_sft(tok, SFT_RECORDS, mask_prompt=False)
+    for masked, full in zip(examples, unmasked, strict=True):
+        assert full.input_ids == masked.input_ids
+        assert full.labels[0] == -100 and full.labels[1:] == full.input_ids[1:]
+
+
+def test_encode_sft_alpaca_format_and_dict_records(tok):
+    [example] = ins.encode_sft(tok, [{"instruction": "say hi", "output": "hello"}], fmt="alpaca")
+    text = tok.decode(example.input_ids)
+    assert text.endswith("hello <|im_end|>")
+    n_answer = sum(label != -100 for label in example.labels)
+    assert n_answer == 2  # "hello" and the end-of-sequence token
+
+
+def test_long_inputs_are_cut_from_the_left_never_the_answer(tok):
+    record = Record("count words in this text", " ".join(["one", "two"] * 40) + " ten",
+                    "eight nine ten")
+    with pytest.warns(UserWarning, match=r"1 of 2 records were longer than max_length=40.*"
+                                         r"\(records \[1\]\)"):
+        short, cut = ins.encode_sft(tok, [SFT_RECORDS[0], record], max_length=40)
+    assert not short.truncated and cut.truncated and len(cut) <= 40
+    text = tok.decode(cut.input_ids)
+    assert "count words in this text" in text  # the instruction is whole, the input's end kept
+    assert text.endswith("two ten <|im_end|> <|im_start|> assistant eight nine ten <|im_end|>")
+    assert sum(label != -100 for label in cut.labels) == 4  # the whole answer and end of turn
+    only_without_input = Record("say hi", "one two three four five", " ".join(["hello"] * 32))
+    with pytest.warns(UserWarning, match="cut from the left"):
+        [fits] = ins.encode_sft(tok, [only_without_input], max_length=40)
+    assert fits.truncated and len(fits) == 40  # the whole input had to go
+    assert not {"one", "two", "three", "four", "five"} & set(tok.decode(fits.input_ids).split())
+    too_long = Record("say hi", "", " ".join(["hello"] * 60))
+    with pytest.raises(ValueError, match="record 1: its instruction and answer alone"):
+        ins.encode_sft(tok, [SFT_RECORDS[0], too_long], max_length=40)
+
+
+def test_encode_sft_rejects_bad_arguments(tok):
+    with pytest.raises(ValueError, match="records is empty"):
+        ins.encode_sft(tok, [])
+    with pytest.raises(TypeError, match="list of Records"):
+        ins.encode_sft(tok, SFT_RECORDS[0])
+    with pytest.raises(TypeError, match="all be Records or all dicts"):
+        ins.encode_sft(tok, [SFT_RECORDS[0], {"instruction": "a", "output": "b"}])
+    with pytest.raises(KeyError, match="record 0 lacks \\['output'\\]"):
+        ins.encode_sft(tok, [{"instruction": "a"}])
+    with pytest.raises(ValueError, match="max_length"):
+        ins.encode_sft(tok, SFT_RECORDS, max_length=1)
+    with pytest.raises(ValueError, match="fmt must be"):
+        ins.encode_sft(tok, SFT_RECORDS, fmt="llama")
+
+
+def test_pad_and_pack_lay_out_the_same_tokens(tok):
+    examples = ins.encode_sft(tok, SFT_RECORDS)
+    padded = ins.pad(examples, tok.pad_token_id)
+    longest = max(len(e) for e in examples)
+    assert padded["input_ids"].shape == (6, longest)
+    assert padded["attention_mask"].sum() == sum(len(e) for e in examples)
+    assert (padded["labels"][padded["attention_mask"] == 0] == -100).all()
+
+    packed = ins.pack(examples, 2 * longest, tok.pad_token_id)
+    assert "attention_mask" not in packed and packed["input_ids"].shape[1] == 2 * longest
+    real = packed["input_ids"] != tok.pad_token_id
+    assert packed["input_ids"][real].tolist() == [i for e in examples for i in e.input_ids]
+    # in order, none split or lost, and each example's positions count from 0
+    assert packed["position_ids"][real].tolist() == [p for e in examples for p in range(len(e))]
+    assert ins.batch_stats([padded])["real"] == ins.batch_stats([packed])["real"]
+    assert ins.batch_stats([padded])["loss"] == ins.batch_stats([packed])["loss"]
+    assert ins.batch_stats([packed])["examples"] == 6
+    with pytest.raises(ValueError, match="longest example"):
+        ins.pack(examples, longest - 1, tok.pad_token_id)
+    with pytest.raises(TypeError, match="Examples"):
+        ins.pad([{"input_ids": [1]}], 0)
+
+
+def test_pack_makes_as_many_rows_as_the_exercise_says():
+    from llm_tutorial.exercises import ch06
+
+    examples = [ins.Example(tuple(range(1, n + 1)), (-100,) + tuple(range(2, n + 1)))
+                for n in ch06.PACK_LENGTHS]
+    rows = ins.pack(examples, ch06.PACK_ROW, 0)["input_ids"].shape[0]
+    assert rows == ch06.pack_rows_solution() == 5
+
+
+def test_packing_gives_the_padded_loss(tok):
+    """The block-diagonal mask from restarting position_ids: packed examples cannot see each
+    other, so the loss over the same examples is the same as with padding."""
+    model = tiny_llama(tok).eval()
+    wrapper = pm.AnswerOnlyLM(model)
+    for mask_prompt in (True, False):
+        examples = ins.encode_sft(tok, SFT_RECORDS, mask_prompt=mask_prompt)
+        with torch.no_grad():
+            padded = wrapper(**ins.pad(examples, tok.pad_token_id)).loss
+            packed = wrapper(**ins.pack(examples, 64, tok.pad_token_id)).loss
+        assert torch.allclose(padded, packed, atol=1e-5), (padded, packed)
+    # without the restart (one long sequence) the examples would attend to each other
+    batch = ins.pack(examples, 64, tok.pad_token_id)
+    batch["position_ids"] = torch.arange(64).expand_as(batch["position_ids"])
+    with torch.no_grad():
+        assert not torch.allclose(wrapper(**batch).loss, padded, atol=1e-4)
+
+
+def test_sft_batches_cover_every_example_once(tok):
+    examples = ins.encode_sft(tok, SFT_RECORDS * 3)
+    for packing in (False, True):
+        batches = ins.sft_batches(examples, 4, tok.pad_token_id, packing=packing, length=64, seed=1)
+        assert ins.batch_stats(batches)["examples"] == 18
+        assert all(len(b["input_ids"]) <= 4 for b in batches)
+        again = ins.sft_batches(examples, 4, tok.pad_token_id, packing=packing, length=64, seed=1)
+        assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again, strict=True))
+    with pytest.raises(ValueError, match="batch_size"):
+        ins.sft_batches(examples, 0, tok.pad_token_id)
+
+
+# ------------------------------------------------------------------------------ answering, scoring
+
+
+def test_answer_keeps_order_and_sampling_is_seeded(tok):
+    model = tiny_llama(tok)
+    records = [SFT_RECORDS[4], SFT_RECORDS[0], SFT_RECORDS[3]]  # different prompt lengths
+    batched = ins.answer(model, tok, records, max_new_tokens=4, batch_size=2)
+    assert batched == [ins.answer(model, tok, [r], max_new_tokens=4)[0] for r in records]
+    sampled = ins.answer(model, tok, records, 4, do_sample=True, temperature=1.5, seed=3)
+    assert sampled == ins.answer(model, tok, records, 4, do_sample=True, temperature=1.5, seed=3)
+    assert model.training  # left as it was found
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"temperature": 0}, "temperature must be > 0"), ({"top_k": 0}, "top_k"),
+    ({"top_p": 1.5}, "top_p"), ({"repetition_penalty": -1}, "repetition_penalty"),
+    ({"do_sample": "yes"}, "do_sample"), ({"max_new_tokens": 0}, "max_new_tokens")])
+def test_answer_rejects_bad_decoding_options(tok, options, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        ins.answer(None, tok, SFT_RECORDS[:1], **options)
+
+
+def test_score_applies_each_verifier():
+    records = [Record("q", "", "42", "add", "arithmetic", verifier="numeric"),
+               Record("q", "", "paris", "capital", "text", verifier="normalised")]
+    table = ins.score(records, ["It is 42.", "London"])
+    assert table["correct"].tolist() == [True, False]
+    assert list(table.columns[:2]) == ["family", "kind"]
+    with pytest.raises(ValueError, match="one answer per record"):
+        ins.score(records, ["42"])
+
+
+def test_rouge_l():
+    assert ins.rouge_l(["the cat sat"], ["the cat sat"]) == [1.0]
+    assert ins.rouge_l(["dogs run"], ["the cat sat"]) == [0.0]
+    assert 0 < ins.rouge_l(["the cat sat down"], ["a cat sat"])[0] < 1
+    with pytest.raises(ValueError, match="1 predictions but 2 references"):
+        ins.rouge_l(["a"], ["a", "b"])
+
+
+# ------------------------------------------------------------------------------ tuning
+
+
+def test_tune_trains_a_removable_lora(tok):
+    model = tiny_llama(tok)
+    wrapper = pm.AnswerOnlyLM(model)
+    batch = ins.pad(ins.encode_sft(tok, SFT_RECORDS), tok.pad_token_id)
+    with torch.no_grad():
+        base_loss = wrapper(**batch).loss.item()
+    history = ins.tune(model, tok, SFT_RECORDS * 4, steps=30, batch_size=2, lr=5e-2,
+                       targets=["q_proj", "v_proj", "o_proj"], max_length=64, progress=False)
+    assert len(pm.lora_modules(model)) == 6 and history["step"].iloc[-1] == 30
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "lora" not in n)
+    with torch.no_grad():
+        assert wrapper(**batch).loss.item() < base_loss - 0.2  # 3.81 -> 3.50 when written
+    with pytest.raises(ValueError, match="already has LoRA layers"):
+        ins.tune(model, tok, SFT_RECORDS, steps=1, progress=False)
+    pm.remove_lora(model)
+    with torch.no_grad():
+        assert wrapper(**batch).loss.item() == pytest.approx(base_loss, abs=1e-6)
+
+
+def test_family_subsets_are_nested_and_mix_kinds():
+    train, _ = ins.split_families(8, seed=0)
+    subsets = ins.family_subsets(train, [1, 4, 8, len(train)], seed=0)
+    assert [len(s) for s in subsets.values()] == [1, 4, 8, len(train)]
+    assert subsets[4] == subsets[8][:4] and sorted(subsets[len(train)]) == sorted(train)
+    assert len({ins.FAMILIES[n].kind for n in subsets[8]}) == 8
+    with pytest.raises(ValueError, match="counts must be ints"):
+        ins.family_subsets(train, [0])
+    with pytest.raises(KeyError, match="unknown instruction family"):
+        ins.family_subsets(["nope"], [1])
+
+
+def test_generalisation_curve_runs_and_restores_the_model(tok):
+    model = tiny_llama(tok)
+    train, held = ins.split_families(8, seed=0)
+    evaluation = ins.take(4, held, seed=1, templates="all")
+    curve = ins.generalisation_curve(model, tok, train, evaluation, [1, 3], steps=2, examples=8,
+                                     batch_size=2, max_length=128, max_new_tokens=3,
+                                     progress=False)
+    assert curve["families"].tolist() == [1, 3] and curve["accuracy"].between(0, 1).all()
+    assert not pm.lora_modules(model)
+    with pytest.raises(ValueError, match="held-out families"):
+        ins.generalisation_curve(model, tok, train, ins.take(2, train[:1]), [1], steps=1)
+
+
+def test_small_families_are_cycled_for_the_curve():
+    records = ins._take_cycling(40, ["boolean_and"], seed=0)
+    assert len(records) == 40 and len(set(records)) == 16

@@ -1,0 +1,125 @@
+"""Exercises for notebook 06 · Instruction tuning.
+
+* ``06.mask-labels``: build the labels of an SFT example, prompt masked out of the loss.
+* ``06.pack-rows``: predict how many rows packing needs.
+* ``06.numeric-verifier``: write a verifier that never crashes on free-form model text.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+from llm_tutorial.exercises import exercise
+
+# (prompt ids, answer ids) pairs the label checker tries
+_MASK_CASES = [([5, 6, 7], [8, 9]), ([1], [2, 3, 4]), ([10, 11, 12, 13], [14])]
+
+
+def _check_mask_labels(my_labels) -> str | None:
+    if not callable(my_labels):
+        return "pass the function itself, `my_labels`, not a value"
+    for prompt, answer in _MASK_CASES:
+        got = my_labels(list(prompt), list(answer))
+        if got is None:
+            return "your function returned None: return the list of labels"
+        got = list(got)
+        if len(got) != len(prompt) + len(answer):
+            return (f"for {len(prompt)} prompt and {len(answer)} answer tokens return "
+                    f"{len(prompt) + len(answer)} labels, one per input token; got {len(got)}")
+        if got == prompt + answer:
+            return "the prompt tokens must not carry a loss: set their labels to -100"
+        if got == [-100] * len(prompt) + [-100] * len(answer):
+            return "the answer tokens are the targets: keep their ids as labels"
+        if got != [-100] * len(prompt) + answer:
+            return (f"for prompt {prompt} and answer {answer} expected "
+                    f"{[-100] * len(prompt) + answer}, got {got}")
+    return None
+
+
+@exercise("06.mask-labels", "Write my_labels(prompt_ids, answer_ids) returning the labels of the "
+          "SFT example prompt_ids + answer_ids, with the prompt masked out of the loss (-100).",
+          _check_mask_labels, wrong_answer=lambda prompt, answer: prompt + answer)
+def mask_labels_solution(prompt_ids: list[int], answer_ids: list[int]) -> list[int]:
+    return [-100] * len(prompt_ids) + list(answer_ids)
+
+
+PACK_LENGTHS = [60, 80, 30, 90, 40, 70, 20, 45]
+PACK_ROW = 128
+
+
+def _rows(lengths: list[int], row: int) -> int:
+    rows, used = 1, 0
+    for n in lengths:
+        if used + n > row:
+            rows, used = rows + 1, 0
+        used += n
+    return rows
+
+
+def _check_pack_rows(answer) -> str | None:
+    if isinstance(answer, bool) or not isinstance(answer, numbers.Integral):
+        return f"give a whole number of rows, got {answer!r}"
+    right = _rows(PACK_LENGTHS, PACK_ROW)
+    if answer == right:
+        return None
+    if answer == -(-sum(PACK_LENGTHS) // PACK_ROW):
+        return ("that is total tokens / row length, as if examples could be split across rows; "
+                "pack never splits an example: a new row starts when the next one does not fit")
+    if answer == len(PACK_LENGTHS):
+        return "that is one example per row (padding); several short examples share a row"
+    return (f"go through the lengths in order, starting a new row of {PACK_ROW} tokens whenever "
+            f"the next example does not fit in what is left")
+
+
+@exercise("06.pack-rows", f"Examples of {PACK_LENGTHS} tokens are packed, in this order, into "
+          f"rows of {PACK_ROW} tokens (instructions.pack). How many rows?", _check_pack_rows,
+          wrong_answer=-(-sum(PACK_LENGTHS) // PACK_ROW), answer_is_value=True)
+def pack_rows_solution():
+    rows, used = 1, 0
+    for n in PACK_LENGTHS:
+        if used + n > PACK_ROW:  # the next example does not fit: start a new row
+            rows, used = rows + 1, 0
+        used += n
+    return rows
+
+
+_VERIFIER_CASES = [("68", "68", True), ("The answer is 68.", "68", True), ("68.0", "68", True),
+                   ("-2.2 °F", "-2.2", True), ("It is 67", "68", False), ("", "68", False),
+                   ("sixty-eight", "68", False), ("1e400", "68", False), (None, "68", False),
+                   ("68 or maybe 70", "68", True), ("about 10,000", "10000", True)]
+
+
+def _check_numeric_verifier(my_verify) -> str | None:
+    if not callable(my_verify):
+        return "pass the function itself, `my_verify`, not a value"
+    for prediction, reference, expected in _VERIFIER_CASES:
+        try:
+            got = my_verify(prediction, reference)
+        except Exception as error:  # the point of the exercise: it must not raise
+            return (f"my_verify({prediction!r}, {reference!r}) raised {type(error).__name__}: "
+                    f"a verifier must return False on text it cannot read, never raise")
+        if got is not expected and got != expected:
+            return (f"my_verify({prediction!r}, {reference!r}) returned {got!r}, expected "
+                    f"{expected}: take the first number in the text (commas as thousands "
+                    f"separators) and compare within a small tolerance")
+    return None
+
+
+@exercise("06.numeric-verifier", "Write my_verify(prediction, reference) -> bool for numeric "
+          "answers: True when the first number in the model's text equals the reference (within "
+          "1e-6 relative), False otherwise, and never an exception, whatever the text.",
+          _check_numeric_verifier, wrong_answer=lambda p, r: float(p) == float(r))
+def numeric_verifier_solution(prediction, reference) -> bool:
+    import math
+    import re
+
+    if not isinstance(prediction, str):
+        return False
+    match = re.search(r"-?\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?", prediction)
+    if match is None:
+        return False
+    try:
+        value, target = float(match.group().replace(",", "")), float(reference)
+    except ValueError:
+        return False
+    return math.isfinite(value) and math.isclose(value, target, rel_tol=1e-6, abs_tol=1e-9)
