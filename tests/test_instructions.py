@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from chat_models import tiny_llama, word_chat_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -147,12 +148,9 @@ def test_render_alpaca_and_chat():
 # A word-level chat tokenizer and a tiny random Llama: fast, offline, and enough to check the
 # token bookkeeping and that packing computes exactly what padding computes.
 
-SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
 WORDS = ("system user assistant what is the capital of france paris say hi hello name a colour "
          "red blue green translate cat dog into french chat chien count words in this text "
          "one two three four five six seven eight nine ten").split()
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 SFT_RECORDS = [Record("what is the capital of france", "", "paris"),
                Record("translate cat into french", "cat", "chat"),
                Record("name a colour", "", "red or blue"),
@@ -163,26 +161,7 @@ SFT_RECORDS = [Record("what is the capital of france", "", "paris"),
 
 @pytest.fixture(scope="module")
 def tok():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(SPECIAL + WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.add_special_tokens(SPECIAL)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>",
-                                   pad_token="<pad>", unk_token="<unk>", chat_template=CHATML)
-
-
-def tiny_llama(tokenizer, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"))
-    return LlamaForCausalLM(config)
+    return word_chat_tokenizer(WORDS)
 
 
 def _ids(tok, text):

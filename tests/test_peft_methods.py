@@ -12,15 +12,12 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer, models, pre_tokenizers
+from chat_models import tiny_llama, word_chat_tokenizer
 from torch import nn
 from transformers import (
     BertConfig,
     BertModel,
     BertTokenizerFast,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
 )
 
 from llm_tutorial import finetuning as ft
@@ -528,11 +525,8 @@ def test_summarise_comparison_needs_the_comparison_columns():
 
 # ---------------------------------------------------------------------------- a causal LM
 
-SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
 CHAT_WORDS = ("user assistant what is the capital of france paris say hi hello name a colour "
               "red blue translate cat into french chat").split()
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 RECORDS = [
     {"instruction": "what is the capital of france", "output": "paris"},
     {"instruction": "translate cat into french", "input": "cat", "output": "chat chat"},
@@ -542,21 +536,7 @@ RECORDS = [
 
 @pytest.fixture(scope="module")
 def chat_tokenizer():
-    vocab = {w: i for i, w in enumerate(SPECIAL + CHAT_WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.add_special_tokens(SPECIAL)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>",
-                                   pad_token="<pad>", unk_token="<unk>", chat_template=CHATML)
-
-
-def tiny_llama(tokenizer, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"))
-    return LlamaForCausalLM(config)
+    return word_chat_tokenizer(CHAT_WORDS)
 
 
 def test_chat_prompt_ends_where_the_answer_begins(chat_tokenizer):
