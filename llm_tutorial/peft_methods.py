@@ -886,23 +886,13 @@ def answer_nll(model: nn.Module, encodings: Mapping[str, torch.Tensor], batch_si
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer, instructions: Sequence[str], max_new_tokens: int = 32
              ) -> list[str]:
-    """Greedy answers of a chat model to `instructions`, generated as one left-padded batch."""
+    """Greedy answers of a chat model to `instructions`, generated as one left-padded batch
+    (notebook 06's `instructions.answer`, which also samples, on records without an input)."""
+    from llm_tutorial import instructions as ins  # the parameter shadows the module's name
+
     if isinstance(instructions, str) or not instructions:
         raise TypeError("instructions must be a non-empty list of strings")
-    prompts = [chat_prompt(tokenizer, text) for text in instructions]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
-    enc = {k: enc[k].to(model_device(model)) for k in ("input_ids", "attention_mask")}
-    was_training = model.training
-    model.eval()
-    try:
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-    finally:
-        model.train(was_training)
-    return [tokenizer.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
-            for row in out]
+    if not all(isinstance(text, str) and text.strip() for text in instructions):
+        raise ValueError("instruction must be a non-empty string")
+    return ins.answer(model, tokenizer, [ins.Record(text, "", "") for text in instructions],
+                      max_new_tokens, batch_size=len(instructions))
