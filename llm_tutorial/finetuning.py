@@ -42,6 +42,7 @@ from llm_tutorial.trainer import TrainConfig, Trainer, model_device
 __all__ = [
     "POOLINGS",
     "pool",
+    "check_texts",
     "SequenceClassifier",
     "set_dropout",
     "load_classifier",
@@ -208,7 +209,8 @@ def load_classifier(
 # ------------------------------------------------------------------------------ data
 
 
-def _check_texts(texts: Any, name: str = "texts") -> list[str]:
+def check_texts(texts: Any, name: str = "texts") -> list[str]:
+    """A non-empty list of non-blank strings, or a TypeError/ValueError naming the bad item."""
     if isinstance(texts, str) or not isinstance(texts, Sequence):
         raise TypeError(f"{name} must be a list of strings, got {type(texts).__name__}")
     if len(texts) == 0:
@@ -229,7 +231,7 @@ def encode(
     `input_ids`, `attention_mask` (and `labels` when given). Encoding once up front keeps
     tokenization out of the training loop.
     """
-    texts = _check_texts(texts)
+    texts = check_texts(texts)
     if not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
     enc = tokenizer(texts, truncation=True, max_length=max_length, padding="max_length",
@@ -470,7 +472,7 @@ def augment(
     `copies` noisy copies, with random deletion (`p_delete`) and random swaps (a
     `swap_fraction` of the words). Returns the originals followed by the copies.
     """
-    texts = _check_texts(texts)
+    texts = check_texts(texts)
     if len(labels) != len(texts):
         raise ValueError(f"got {len(labels)} labels for {len(texts)} texts: pass one label per text")
     if not isinstance(copies, int) or copies < 0:
@@ -644,7 +646,7 @@ def regularisation_study(
                             f"got {type(setting).__name__}")
     if not seeds:
         raise ValueError("seeds is empty: pass at least one seed")
-    val_texts = _check_texts(val_texts, "val_texts")
+    val_texts = check_texts(val_texts, "val_texts")
     rows = []
     val_enc = original = None  # encoded once, with the first model's tokenizer
     for name, setting in settings.items():
