@@ -36,6 +36,7 @@ prompts and retrieval both ways.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import time
@@ -394,6 +395,14 @@ def random_shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return out
 
 
+def _shuffled_rows(n: int, batch_size: int, generator: torch.Generator):
+    """Row indices of full batches, epoch after epoch, endlessly: each epoch a fresh permutation
+    from `generator`, its incomplete last batch dropped. Take as many as there are steps."""
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        yield from perm[: n // batch_size * batch_size].split(batch_size)
+
+
 def train_digit_cnn(data: DigitData, steps: int = 300, batch_size: int = 128, lr: float = 3e-3,
                     augment: bool = True, seed: int = 0, progress: bool = False
                     ) -> tuple[DigitCNN, float]:
@@ -408,13 +417,11 @@ def train_digit_cnn(data: DigitData, steps: int = 300, batch_size: int = 128, lr
     model = DigitCNN()
     images, labels = data.images[data.train_idx], data.digits[data.train_idx]
     generator = torch.Generator().manual_seed(seed)
-    batches: list[dict[str, torch.Tensor]] = []
-    while len(batches) < steps:
-        perm = torch.randperm(len(labels), generator=generator)
-        for rows in perm[: len(perm) // batch_size * batch_size].split(batch_size):
-            x = random_shift(images[rows], generator) if augment else images[rows]
-            batches.append({"images": x, "labels": labels[rows]})
-    Trainer(model, batches[:steps], TrainConfig(max_steps=steps, lr=lr, warmup_steps=0.05,
+    batches = []
+    for rows in itertools.islice(_shuffled_rows(len(labels), batch_size, generator), steps):
+        x = random_shift(images[rows], generator) if augment else images[rows]
+        batches.append({"images": x, "labels": labels[rows]})
+    Trainer(model, batches, TrainConfig(max_steps=steps, lr=lr, warmup_steps=0.05,
                                                 progress=progress, desc="digit CNN")).train()
     model.eval().requires_grad_(False)
     with torch.no_grad():
@@ -708,10 +715,8 @@ class VQAModel(nn.Module):
             mask = self.question_mask[question_idx]
             tokens, vector = self.text_encoder(self.question_ids[question_idx], mask)
             return tokens, mask, vector
-        feats = self.text_features
-        device = self.head_device
-        return (feats.tokens[question_idx.cpu()].to(device), feats.mask[question_idx.cpu()].to(device),
-                feats.vectors[question_idx.cpu()].to(device))
+        rows, device, feats = question_idx.cpu(), self.head_device, self.text_features
+        return tuple(t[rows].to(device) for t in (feats.tokens, feats.mask, feats.vectors))
 
     @property
     def head_device(self) -> torch.device:
@@ -800,6 +805,8 @@ def fusion_study(image_features: Mapping[str, ImageFeatures],
     for image_name, features in image_features.items():
         features = features.to(device)
         for text_name, text in text_encoders.items():
+            if isinstance(text, TextFeatures):  # frozen: on the device once, not every batch
+                text = text.to(device)
             for strategy in strategies:
                 for seed in seeds:
                     torch.manual_seed(seed)
@@ -1021,16 +1028,14 @@ def train_clip(train: CaptionData, caption_vectors: torch.Tensor, steps: int = 4
     model = ClipModel(caption_vectors.shape[1], temperature=temperature,
                       multi_positive=multi_positive)
     order = torch.Generator().manual_seed(seed)
-    batches = []
-    while len(batches) < steps:
-        perm = torch.randperm(len(train.captions), generator=order)
-        batches += [{"canvases": train.canvases[rows], "text": caption_vectors[rows],
-                     "classes": train.classes[rows]}
-                    for rows in perm[: len(perm) // batch_size * batch_size].split(batch_size)]
+    batches = [{"canvases": train.canvases[rows], "text": caption_vectors[rows],
+                "classes": train.classes[rows]}
+               for rows in itertools.islice(_shuffled_rows(len(train.captions), batch_size, order),
+                                            steps)]
     config = TrainConfig(max_steps=steps, lr=lr, warmup_steps=0.05, progress=progress,
                          desc=f"CLIP τ={'learned' if temperature is None else temperature}",
                          log_every=max(1, steps // 10))
-    history = Trainer(model, batches[:steps], config).train()
+    history = Trainer(model, batches, config).train()
     return model.eval(), history
 
 
