@@ -68,3 +68,28 @@ def confusion_heatmap(matrix, labels: Sequence[str], ax=None, title: str = "conf
                 yticklabels=labels, cbar=False, square=True, ax=ax)
     ax.set(title=title, xlabel="predicted", ylabel="true")
     return ax
+
+
+def reliability_diagram(table: pd.DataFrame, ax=None, title: str = "reliability diagram"):
+    """Bars of accuracy per confidence bin (from ``evaluation.reliability_table``) against the
+    diagonal of perfect calibration; the red part of a bar is its gap to the diagonal, and the
+    grey bars below show how many predictions fall in each bin."""
+    missing = {"low", "high", "count", "confidence", "accuracy"} - set(table.columns)
+    if missing:
+        raise KeyError(f"table lacks columns {sorted(missing)}: pass evaluation.reliability_table(...)")
+    ax = _axes(ax, figsize=(4, 4))
+    width = (table["high"] - table["low"]).to_numpy()
+    centers = ((table["low"] + table["high"]) / 2).to_numpy()
+    filled = table["count"].to_numpy() > 0
+    acc = table["accuracy"].fillna(0).to_numpy()
+    conf = table["confidence"].fillna(0).to_numpy()
+    ax.bar(centers[filled], acc[filled], width=width[filled], edgecolor="black", color="#4c72b0",
+           label="accuracy")
+    ax.bar(centers[filled], (conf - acc)[filled], bottom=acc[filled], width=width[filled],
+           color="#dd8452", alpha=0.6, edgecolor="#dd8452", label="gap to confidence")
+    share = table["count"].to_numpy() / max(int(table["count"].sum()), 1)
+    ax.bar(centers, share * 0.25, width=width, color="grey", alpha=0.5, label="share of predictions (×¼)")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=title)
+    ax.legend(fontsize=7, loc="upper left")
+    return ax

@@ -55,3 +55,19 @@ def test_confusion_heatmap_annotates_counts():
     plt.close("all")
     with pytest.raises(ValueError, match=r"\(len\(labels\), len\(labels\)\) = \(3, 3\)"):
         plotting.confusion_heatmap(matrix, ["a", "b", "c"])
+
+
+def test_reliability_diagram_draws_filled_bins_and_the_diagonal():
+    from llm_tutorial import evaluation
+
+    probs = np.array([[0.95, 0.05], [0.9, 0.1], [0.6, 0.4], [0.55, 0.45]])
+    table = evaluation.reliability_table(probs, [0, 1, 0, 0], n_bins=5)
+    ax = plotting.reliability_diagram(table, title="r")
+    assert len(ax.get_lines()) == 1 and list(ax.get_lines()[0].get_xdata()) == [0, 1]
+    assert ax.get_title() == "r"
+    # two filled bins: (0.4, 0.6] with 2 of 2 right and (0.8, 1.0] with 1 of 2; their accuracy
+    # bars come first, then the two gap bars, then one share bar per bin (5)
+    assert len(ax.patches) == 2 + 2 + 5
+    assert sorted(round(p.get_height(), 3) for p in ax.patches[:2]) == [0.5, 1.0]
+    with pytest.raises(KeyError, match="reliability_table"):
+        plotting.reliability_diagram(pd.DataFrame({"count": [1]}))
