@@ -1,6 +1,6 @@
 """Plots the course reuses: loss curves from the trainer's history, learning-rate schedules,
-and attention heat-maps. Each function draws on a given (or new) matplotlib ``Axes`` and
-returns it, so notebooks can combine them."""
+attention heat-maps, confusion matrices and reliability diagrams. Each function draws on a
+given (or new) matplotlib ``Axes`` and returns it, so notebooks can combine them."""
 
 from __future__ import annotations
 
@@ -72,8 +72,9 @@ def confusion_heatmap(matrix, labels: Sequence[str], ax=None, title: str = "conf
 
 def reliability_diagram(table: pd.DataFrame, ax=None, title: str = "reliability diagram"):
     """Bars of accuracy per confidence bin (from ``evaluation.reliability_table``) against the
-    diagonal of perfect calibration; the red part of a bar is its gap to the diagonal, and the
-    grey bars below show how many predictions fall in each bin."""
+    diagonal of perfect calibration; the orange part of a bar is its gap to the mean confidence
+    (above the bar: over-confident, inside it: under-confident), and the low grey bars show the
+    share of predictions in each bin."""
     missing = {"low", "high", "count", "confidence", "accuracy"} - set(table.columns)
     if missing:
         raise KeyError(f"table lacks columns {sorted(missing)}: pass evaluation.reliability_table(...)")
