@@ -177,6 +177,27 @@ def test_ci_runs_make_test():
     assert re.search(r"^\s*make test\s*$", text, flags=re.M)
 
 
+def test_gpu_workflow_runs_the_full_profile_and_uploads_results(readme):
+    path = ROOT / ".github" / "workflows" / "gpu-notebooks.yml"
+    workflow = yaml.safe_load(path.read_text(encoding="utf-8"))
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as True
+    assert "workflow_dispatch" in triggers, "the GPU run must be startable by hand"
+    (job,) = workflow["jobs"].values()
+    assert "gpu" in job["runs-on"], "the job must ask for a runner labelled gpu"
+    assert job["env"]["LLM_TUTORIAL_PROFILE"] == "full"
+    assert 0 < job["timeout-minutes"] <= 720
+    runs = [step.get("run", "") for step in job["steps"]]
+    assert any(re.match(r"make run\b", run) for run in runs)
+    assert any("nvidia-smi" in run for run in runs), "log which GPU produced the numbers"
+    (upload,) = [step for step in job["steps"] if step.get("uses", "").startswith("actions/upload-artifact")]
+    assert upload["if"] == "always()", "upload what ran even when a notebook fails"
+    paths = upload["with"]["path"].split()
+    assert "outputs/" in paths and "docs/results/" in paths
+    assert "!outputs/**/*.safetensors" in paths, "weights stay out of the artifact"
+    assert not {"push", "pull_request"} & set(triggers), "pushes and PRs must never wait for a GPU"
+    assert ".github/workflows/gpu-notebooks.yml" in readme and "docs/results/gpu.md" in readme
+
+
 def test_license_is_mit():
     text = (ROOT / "LICENSE").read_text(encoding="utf-8")
     assert text.startswith("MIT License") and "llm-tutorial contributors" in text
