@@ -824,15 +824,11 @@ def entity_prf(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[
 # ------------------------------------------------------------------------------ LLM-as-judge
 
 
-def _chat(tokenizer, user: str) -> str:
-    """One user turn in the model's chat format, ending where the assistant's reply begins."""
-    messages = [{"role": "user", "content": user}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
 def judge_prompt(tokenizer, instruction: str, answer: str, reference: str | None = None) -> str:
     """A yes/no grading prompt in the model's chat format, ending where the verdict goes.
     With `reference`, the judge may compare against the correct answer (reference-guided)."""
+    from llm_tutorial.peft_methods import chat_prompt
+
     for name, value in (("instruction", instruction), ("answer", answer)):
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{name} must be a non-empty string")
@@ -840,18 +836,20 @@ def judge_prompt(tokenizer, instruction: str, answer: str, reference: str | None
     if reference is not None:
         text += f"Correct answer: {reference}\n"
     text += "Is the answer correct? Reply with Yes or No."
-    return _chat(tokenizer, text)
+    return chat_prompt(tokenizer, text)
 
 
 def pairwise_prompt(tokenizer, instruction: str, first: str, second: str) -> str:
     """An A/B preference prompt: which of two answers is better? (swap them to test position
     bias)."""
+    from llm_tutorial.peft_methods import chat_prompt
+
     for name, value in (("instruction", instruction), ("first", first), ("second", second)):
         if not isinstance(value, str) or not value.strip():
             raise ValueError(f"{name} must be a non-empty string")
     text = (f"Which answer to the task is correct?\nTask: {instruction}\nAnswer A: {first}\n"
             f"Answer B: {second}\nReply with A or B.")
-    return _chat(tokenizer, text)
+    return chat_prompt(tokenizer, text)
 
 
 def _option_ids(tokenizer, option: str) -> list[int]:
