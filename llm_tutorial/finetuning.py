@@ -22,6 +22,7 @@ loop, `llm_tutorial.trainer.Trainer`.
 
 from __future__ import annotations
 
+import math
 import random
 import string
 import time
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from llm_tutorial import assets
+from llm_tutorial import assets, runtime
 from llm_tutorial.trainer import TrainConfig, Trainer, model_device
 
 __all__ = [
@@ -289,7 +290,9 @@ def predict_logits(
     outputs = []
     try:
         inputs = {k: v for k, v in encodings.items() if k != "labels"}
-        for batch in batches(inputs, batch_size):
+        n_batches = math.ceil(len(next(iter(inputs.values()))) / batch_size)
+        for batch in runtime.progress(batches(inputs, batch_size), total=n_batches, desc="predict",
+                                      min_total=runtime.MIN_BATCHES_FOR_BAR, leave=False):
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16,
                                 enabled=mixed_precision == "bf16"):

@@ -47,7 +47,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from llm_tutorial import finetuning as ft
-from llm_tutorial import instructions, pretraining
+from llm_tutorial import instructions, pretraining, runtime
 from llm_tutorial.trainer import TrainConfig, Trainer, model_device, read_safetensors
 
 __all__ = [
@@ -873,7 +873,9 @@ def answer_nll(model: nn.Module, encodings: Mapping[str, torch.Tensor], batch_si
     wrapper.eval()
     total, count = 0.0, 0
     try:
-        for batch in ft.batches(encodings, batch_size):
+        n_batches = math.ceil(len(encodings["input_ids"]) / batch_size)
+        for batch in runtime.progress(ft.batches(encodings, batch_size), total=n_batches,
+                                      desc="answer NLL", min_total=runtime.MIN_BATCHES_FOR_BAR, leave=False):
             batch = {k: v.to(device) for k, v in batch.items()}
             n = int((batch["labels"][:, 1:] != -100).sum())
             total += wrapper(**batch).loss.item() * n

@@ -52,6 +52,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 PROFILE_ENV = "LLM_TUTORIAL_PROFILE"
+PROGRESS_ENV = "LLM_TUTORIAL_PROGRESS"  # runtime.progress: auto | text | off
 KERNEL_NAME = "python3"
 SAMPLE_INTERVAL_S = 0.2
 BUDGET_WALL_S = 150.0
@@ -192,6 +193,7 @@ def execute_notebook(
     timeout: int | None = None,
     log: Path | None = None,
     interval: float = SAMPLE_INTERVAL_S,
+    progress: str | None = None,
 ) -> NotebookResult:
     """Execute ``source`` into ``output`` with papermill in a child process, measuring it.
 
@@ -199,6 +201,8 @@ def execute_notebook(
     strings into the notebook's ``parameters`` cell (papermill adds an "injected-parameters"
     cell, so leave them out when the result is to be committed). The kernel starts in ``cwd``
     (default: the notebook's folder). ``timeout`` is papermill's per-cell execution timeout.
+    ``progress="text"`` draws the course's progress bars as text and has papermill copy the
+    cells' output into its log, so that ``log`` shows how far each loop got.
     """
     source, output = Path(source).resolve(), Path(output).resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -207,6 +211,8 @@ def execute_notebook(
         child_env.pop(name, None)
     if profile:
         child_env[PROFILE_ENV] = profile
+    if progress:
+        child_env[PROGRESS_ENV] = progress
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     cmd = [
         sys.executable, "-m", "papermill", str(source), str(output),
@@ -214,6 +220,8 @@ def execute_notebook(
         "--cwd", str(Path(cwd).resolve() if cwd else source.parent),
         "--no-progress-bar",
     ]  # fmt: skip
+    if progress == "text":
+        cmd.append("--log-output")
     for key, value in (parameters or {}).items():
         cmd += ["-r", key, str(value)]
     if timeout:
@@ -294,7 +302,7 @@ def regenerate_golden(path: Path, *, timeout: int | None = None) -> NotebookResu
     with tempfile.TemporaryDirectory(prefix="goldens-") as tmp:
         executed = Path(tmp) / path.name
         result = execute_notebook(
-            path, executed, profile="smoke", cwd=path.parent, unset_env=("OMP_NUM_THREADS",),
+            path, executed, profile="smoke", cwd=path.parent, unset_env=("OMP_NUM_THREADS", PROGRESS_ENV),
             timeout=timeout,
         )  # fmt: skip
         if result.ok:
@@ -418,7 +426,7 @@ def run_notebooks(
             print(f"[run] {source.name} (profile {resolved}, device {device}) ...", flush=True)
         result = execute_notebook(
             source, out_dir / source.name, profile=resolved, parameters={"PROFILE": resolved},
-            timeout=timeout, log=out_dir / f"{source.stem}.log",
+            timeout=timeout, log=out_dir / f"{source.stem}.log", progress="text",
         )  # fmt: skip
         if result.output is not None:
             try:
@@ -428,7 +436,39 @@ def run_notebooks(
         results.append(result)
         if echo:
             _print_result("run", source, result)
+    summary = format_run_summary(results, machine_description(), profile=resolved, device=device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "run.md").write_text(summary, encoding="utf-8")
     return results, write_index(results, out_dir, profile=resolved, device=device)
+
+
+def format_run_summary(
+    results: Sequence[NotebookResult], machine: Mapping[str, str], *, profile: str, device: str
+) -> str:
+    """``outputs/run.md``: status, wall time and peak RSS of each notebook of a ``make run``,
+    with the machine (GPU included). A full-profile run on a GPU is committed as
+    ``docs/results/gpu.md``; the notebooks' quality numbers are in their own pages and logs."""
+    n_ok = sum(r.ok for r in results)
+    lines = [
+        f"# `make run`, {profile} profile, on {machine.get('gpu', device)}",
+        "",
+        f"{n_ok} of {len(results)} notebook(s) ran to the end on `{device}`. Wall time is the "
+        "whole papermill execution (kernel start and model loading included); peak RSS is the "
+        "kernel's CPU memory.",
+        "",
+        "| notebook | status | wall s | peak RSS MB |",
+        "|---|:---:|---:|---:|",
+    ]
+    for r in results:
+        status = "ok" if r.ok else "**failed**"
+        lines.append(f"| `{r.name}` | {status} | {r.wall_s:.1f} | {r.peak_rss_mb:,.0f} |")
+    total = sum(r.wall_s for r in results)
+    lines += ["", f"Total: {total / 60:.1f} min.", "", "Machine:", ""]
+    lines += [f"- {key}: {value}" for key, value in machine.items()]
+    failures = [r for r in results if not r.ok]
+    for r in failures:
+        lines += ["", f"`{r.name}` failed:", "", "```", r.error.strip(), "```"]
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- bench
@@ -465,6 +505,15 @@ def machine_description() -> dict[str, str]:
     }
     if hasattr(os, "getloadavg"):
         info["load average (1 min, at start)"] = f"{os.getloadavg()[0]:.2f}"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            info["gpu"] = f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"
+            info["cuda"] = str(torch.version.cuda)
+    except Exception:  # noqa: BLE001 - describing the machine must never fail a run
+        pass
     return info
 
 

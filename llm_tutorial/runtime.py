@@ -9,6 +9,9 @@ Every notebook starts by asking three questions:
 2. **Which device?** CUDA if present, then Apple's MPS, then the CPU.
 3. **Which seed?** :func:`seed_everything` seeds Python, NumPy and PyTorch and switches PyTorch
    to deterministic algorithms, so that two runs print the same numbers.
+
+Long loops (training, batched inference) report their progress with :func:`progress`: a widget
+in JupyterLab, a text bar in a terminal and in ``make run``'s papermill logs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ import importlib.metadata
 import os
 import platform
 import random
+import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +32,9 @@ PROFILES = ("smoke", "full")
 SMOKE_THREADS = 2  # PyTorch CPU threads in the smoke profile, whatever OMP_NUM_THREADS says
 ENV_VAR = "LLM_TUTORIAL_PROFILE"
 OUTPUTS_ENV_VAR = "LLM_TUTORIAL_OUTPUTS"
+PROGRESS_ENV_VAR = "LLM_TUTORIAL_PROGRESS"
+PROGRESS_MODES = ("auto", "text", "off")
+MIN_BATCHES_FOR_BAR = 20  # inference loops shorter than this finish too fast to need a bar
 
 
 def get_profile(value: str | None = None) -> str:
@@ -145,3 +154,65 @@ def describe_environment(profile: str | None = None) -> dict[str, str]:
     for name, available in assets.available_assets().items():
         info[f"asset: {name}"] = "installed" if available else f"missing ({assets.ASSETS[name].install})"
     return info
+
+
+def progress_mode() -> str:
+    """How :func:`progress` draws bars: ``$LLM_TUTORIAL_PROGRESS``, else ``auto``.
+
+    ``auto``: tqdm.auto, a widget in JupyterLab and text in a terminal; ``text``: plain text on
+    stderr, which papermill copies into its log (``make run`` sets it); ``off``: no bars.
+    """
+    value = os.environ.get(PROGRESS_ENV_VAR, "").strip().lower() or "auto"
+    if value not in PROGRESS_MODES:
+        raise ValueError(
+            f"{PROGRESS_ENV_VAR}={os.environ[PROGRESS_ENV_VAR]!r} is not a progress mode; "
+            f"set it to one of {', '.join(PROGRESS_MODES)} or unset it"
+        )
+    return value
+
+
+def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
+             enabled: bool = True, min_total: int = 1, leave: bool = True, **kwargs: Any):
+    """A tqdm progress bar for a long loop, drawn the way :func:`progress_mode` says.
+
+    Use it like ``tqdm``: wrap an iterable (``for batch in progress(batches, desc="predict")``)
+    or pass ``total`` and call ``update``. The bar is disabled (the object still works) when
+    ``enabled`` is false, when the mode is ``off``, or when the loop has fewer than
+    ``min_total`` items: inference helpers pass ``min_total=MIN_BATCHES_FOR_BAR`` so that short
+    calls stay quiet. ``leave=False`` removes a widget bar once its loop ends; text bars always
+    stay. Extra keyword arguments go to tqdm.
+    """
+    if total is None and iterable is not None:
+        try:
+            total = len(iterable)  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+    if not isinstance(min_total, int) or min_total < 0:
+        raise ValueError(f"min_total must be an int >= 0, got {min_total!r}")
+    mode = progress_mode()
+    disable = not enabled or mode == "off" or (total is not None and total < min_total)
+    if mode == "text":
+        from tqdm.std import tqdm as bar
+
+        kwargs.setdefault("file", sys.stderr)
+        kwargs.setdefault("mininterval", 2.0)
+        kwargs.setdefault("ncols", 100)
+        leave = True  # a log keeps the last state of every bar, even of short-lived ones
+    else:
+        bar = _auto_tqdm()
+        kwargs.setdefault("dynamic_ncols", True)
+    return bar(iterable, total=total, desc=desc, disable=disable, leave=leave, **kwargs)
+
+
+def _auto_tqdm():
+    """tqdm's widget bar inside Jupyter, its text bar elsewhere: what ``tqdm.auto`` picks,
+    without ``tqdm.auto``'s asyncio mix-in, which calls ``iter()`` on the iterable as soon as
+    the bar is made. Iterating a ``DataLoader`` twice draws its base seed twice from the
+    global generator, so the numbers of every later random draw would change."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # autonotebook's "experimental" warning in Jupyter
+        from tqdm.autonotebook import tqdm
+
+    return tqdm

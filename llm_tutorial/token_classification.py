@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from llm_tutorial import runtime
 from llm_tutorial.trainer import model_device
 
 IGNORE_INDEX = -100  # PyTorch's cross-entropy skips targets equal to this
@@ -281,7 +282,8 @@ def predict_word_tags(model, tokenizer, sentences: Sequence[Sequence[str]],
     model.eval()
     results = []
     try:
-        for start in range(0, len(sentences), batch_size):
+        for start in runtime.progress(range(0, len(sentences), batch_size), desc="tag",
+                                      min_total=runtime.MIN_BATCHES_FOR_BAR, leave=False):
             chunk = [list(words) for words in sentences[start:start + batch_size]]
             if any(not words for words in chunk):
                 raise ValueError("a sentence has no words: drop empty sentences first")
@@ -724,7 +726,8 @@ def predict_answers(model, tokenizer, examples: Sequence[QAExample], max_length:
     was_training = model.training
     model.eval()
     try:
-        for first in range(0, len(windows), batch_size):
+        for first in runtime.progress(range(0, len(windows), batch_size), desc="answer",
+                                      min_total=runtime.MIN_BATCHES_FOR_BAR, leave=False):
             batch = collate(windows.features[first:first + batch_size], tokenizer.pad_token_id)
             with torch.no_grad():
                 output = model(**{k: v.to(model_device(model)) for k, v in batch.items()})

@@ -39,7 +39,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_model
 from torch import nn
-from tqdm.auto import tqdm
+
+from . import runtime
 
 __all__ = [
     "SCHEDULES",
@@ -635,12 +636,8 @@ class Trainer:
         running_loss = torch.zeros((), device=self.device)
         steps_since_log = 0
         start = time.perf_counter() - self.elapsed_s
-        bar = tqdm(
-            total=config.max_steps,
-            initial=self.step,
-            desc=config.desc,
-            disable=not config.progress,
-            dynamic_ncols=True,
+        bar = runtime.progress(
+            total=config.max_steps, initial=self.step, desc=config.desc, enabled=config.progress
         )
         try:
             while self.step < config.max_steps:

@@ -23,6 +23,7 @@ print("profile:", PROFILE or os.environ.get("LLM_TUTORIAL_PROFILE"))
 print("python:", sys.executable)
 print("cwd:", os.getcwd())
 print("omp:", os.environ.get("OMP_NUM_THREADS"))
+print("progress:", os.environ.get("LLM_TUTORIAL_PROGRESS"))
 """
 
 
@@ -118,6 +119,20 @@ def test_format_bench_table():
     assert "`make bench`" in text
 
 
+def test_machine_description_names_the_gpu_when_there_is_one(monkeypatch):
+    import torch
+
+    class Props:
+        name, total_memory = "NVIDIA Test GPU", 16 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: Props())
+    info = report.machine_description()
+    assert info["gpu"] == "NVIDIA Test GPU (16 GiB)" and "cuda" in info
+    text = report.format_run_summary([], info, profile="full", device="cuda")
+    assert text.startswith("# `make run`, full profile, on NVIDIA Test GPU (16 GiB)")
+
+
 def test_machine_description(tmp_path):
     info = report.machine_description()
     assert {"cpu", "cores", "python", "torch", "date"} <= set(info)
@@ -166,8 +181,9 @@ def test_sanitize_config_only_hides_volatile_text():
 
 
 def test_run_executes_in_this_environment_measures_and_indexes(tmp_path):
+    loop = "from llm_tutorial import runtime\nfor _ in runtime.progress(range(3), desc='a long loop'):\n    pass"
     ok = make_notebook(tmp_path / "nb" / "00_ok.ipynb", PRINT_ENVIRONMENT,
-                       "import torch\nprint('torch', torch.__version__)", title="All good")  # fmt: skip
+                       "import torch\nprint('torch', torch.__version__)", loop, title="All good")  # fmt: skip
     bad = make_notebook(tmp_path / "nb" / "01_bad.ipynb", "raise ValueError('boom')", title="Broken <on purpose>")
     out = tmp_path / "outputs"
     results, index_path = report.run_notebooks([ok, bad], out, profile="smoke", echo=False)
@@ -180,6 +196,8 @@ def test_run_executes_in_this_environment_measures_and_indexes(tmp_path):
     assert "profile: smoke" in text  # PROFILE injected by papermill
     assert f"python: {sys.executable}" in text  # the kernel is this environment's interpreter
     assert f"cwd: {ok.parent}" in text  # started in the notebook's folder
+    assert "progress: text" in text  # progress bars as text, copied into the log:
+    assert re.search(r"a long loop: 100%\|.+\| 3/3", (out / "00_ok.log").read_text(encoding="utf-8"))
     # importing torch costs well over 200 MB: the kernel (papermill's child, our grandchild) is measured
     assert good.peak_rss_mb > 200 and good.maxrss_mb > 200 and good.tree_peak_mb > 100, good
     assert good.wall_s > 0
@@ -198,6 +216,13 @@ def test_run_executes_in_this_environment_measures_and_indexes(tmp_path):
     assert re.search(r'<tr class="failed"><td><code>01_bad</code>.*ValueError: boom', index, flags=re.S)
     assert '<tr class="ok"><td><code>00_ok</code>' in index
     assert "Profile <strong>smoke</strong>, device <strong>cpu</strong>" in index
+
+    summary = (out / "run.md").read_text(encoding="utf-8")
+    assert summary.startswith("# `make run`, smoke profile, on cpu")
+    assert "1 of 2 notebook(s) ran to the end" in summary
+    assert re.search(r"\| `00_ok` \| ok \| \d+\.\d \| [\d,]+ \|", summary)
+    assert "| `01_bad` | **failed** |" in summary and "ValueError: boom" in summary
+    assert f"- cpu: {report.cpu_model()}" in summary
     assert re.search(r'<td class="num">\d+\.\d s</td><td class="num">[\d,]+ MB</td>', index)
 
 
@@ -226,6 +251,7 @@ def test_run_cli_exits_nonzero_on_failure_and_still_writes_the_index(tmp_path, m
 def test_goldens_rewrites_in_place_without_volatile_metadata(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     monkeypatch.setenv("LLM_TUTORIAL_PROFILE", "full")
+    monkeypatch.setenv("LLM_TUTORIAL_PROGRESS", "text")
     path = make_notebook(tmp_path / "nb" / "00_gold.ipynb", PRINT_ENVIRONMENT)
     bad = make_notebook(tmp_path / "nb" / "01_bad.ipynb", "raise RuntimeError('nope')")
     bad_before = bad.read_bytes()
@@ -244,4 +270,5 @@ def test_goldens_rewrites_in_place_without_volatile_metadata(tmp_path, monkeypat
     text = stdout_of(path)
     assert "profile: smoke" in text  # forced smoke profile
     assert "omp: None" in text  # OMP_NUM_THREADS unset
+    assert "progress: None" in text  # bars drawn as in nbval (widgets), whatever the shell says
     assert f"cwd: {path.parent}" in text

@@ -269,3 +269,105 @@ def test_output_dir_defaults_to_the_repository_outputs(monkeypatch):
 def test_output_dir_rejects_paths_that_escape(bad):
     with pytest.raises(ValueError, match="plain folder names"):
         runtime.output_dir(bad)
+
+
+# ----------------------------------------------------------------------------- progress bars
+
+
+@pytest.fixture
+def progress_env(monkeypatch):
+    def set_mode(value):
+        if value is None:
+            monkeypatch.delenv(runtime.PROGRESS_ENV_VAR, raising=False)
+        else:
+            monkeypatch.setenv(runtime.PROGRESS_ENV_VAR, value)
+
+    return set_mode
+
+
+@pytest.mark.parametrize(("value", "mode"), [(None, "auto"), ("", "auto"), ("TEXT", "text"), (" off ", "off")])
+def test_progress_mode_from_the_environment(progress_env, value, mode):
+    progress_env(value)
+    assert runtime.progress_mode() == mode
+
+
+def test_unknown_progress_mode_names_the_variable_and_the_choices(progress_env):
+    progress_env("fancy")
+    with pytest.raises(ValueError, match="LLM_TUTORIAL_PROGRESS='fancy'.*auto, text, off"):
+        runtime.progress(range(3))
+
+
+def test_text_bars_go_to_stderr_and_auto_bars_are_text_outside_jupyter(progress_env, capsys):
+    import tqdm.std
+
+    progress_env("text")
+    bar = runtime.progress(range(4), desc="text loop")
+    assert type(bar) is tqdm.std.tqdm and list(bar) == [0, 1, 2, 3]
+    assert "text loop: 100%" in capsys.readouterr().err
+    progress_env(None)
+    with runtime.progress(total=2, desc="auto loop") as bar:  # a widget in Jupyter (goldens)
+        assert type(bar) is tqdm.std.tqdm
+        bar.update(2)
+    assert "auto loop: 100%" in capsys.readouterr().err
+
+
+def test_disabled_bars_still_iterate_and_stay_silent(progress_env, capsys):
+    progress_env("text")
+    cases = {
+        "off": dict(enabled=False),
+        "short": dict(min_total=runtime.MIN_BATCHES_FOR_BAR),  # 5 items < 20
+    }
+    for name, kwargs in cases.items():
+        assert list(runtime.progress(range(5), desc=name, **kwargs)) == list(range(5))
+    progress_env("off")
+    assert list(runtime.progress(range(5), desc="mode off")) == list(range(5))
+    assert capsys.readouterr().err == ""
+    progress_env("text")
+    list(runtime.progress(range(20), desc="long enough", min_total=20))
+    list(runtime.progress(iter(range(3)), desc="no length", min_total=20))  # unknown total: shown
+    err = capsys.readouterr().err
+    assert "long enough: 100%" in err and "no length" in err
+
+
+@pytest.mark.parametrize("mode", ["auto", "text", "off"])
+@pytest.mark.parametrize("min_total", [0, 100])
+def test_progress_iterates_once_and_leaves_the_global_generator_alone(progress_env, mode, min_total):
+    """A DataLoader draws its base seed from the global generator each time it is iterated:
+    a bar that iterated it twice (tqdm.auto's asyncio mix-in does) would shift every later
+    random number, and with it the notebooks' committed outputs."""
+    from llm_tutorial import finetuning
+
+    progress_env(mode)
+    loader = finetuning.batches({"x": torch.arange(6)}, batch_size=2)
+    torch.manual_seed(0)
+    assert [b["x"].tolist() for b in loader] == [[0, 1], [2, 3], [4, 5]]
+    expected = torch.rand(1)
+    torch.manual_seed(0)
+    assert [b["x"].tolist() for b in runtime.progress(loader, min_total=min_total)] == [[0, 1], [2, 3], [4, 5]]
+    assert torch.equal(torch.rand(1), expected)
+
+
+def test_progress_rejects_a_bad_min_total():
+    with pytest.raises(ValueError, match="min_total"):
+        runtime.progress(range(3), min_total=-1)
+
+
+def test_batched_inference_shows_a_bar_only_when_it_is_long(progress_env, capsys):
+    from types import SimpleNamespace
+
+    from llm_tutorial import finetuning
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3, 2)
+
+        def forward(self, input_ids, attention_mask=None):
+            return SimpleNamespace(logits=self.linear(input_ids.float()))
+
+    progress_env("text")
+    model = Tiny()
+    short = finetuning.predict_logits(model, {"input_ids": torch.ones(5, 3)}, batch_size=1)
+    assert short.shape == (5, 2) and capsys.readouterr().err == ""
+    long = finetuning.predict_logits(model, {"input_ids": torch.ones(25, 3)}, batch_size=1)
+    assert long.shape == (25, 2) and "predict: 100%" in capsys.readouterr().err
