@@ -61,6 +61,34 @@ def test_parameters_cell_reads_the_profile(notebook):
     assert re.match(r'PROFILE = ""', tagged[0].source)
 
 
+def test_one_explorer_cell_tagged_widget(notebook):
+    """The browser test runs the cell tagged ``widget`` in JupyterLab and drives its controls;
+    its committed output is the widget view (a note on the site)."""
+    path, nb = notebook
+    tagged = [c for c in nb.cells if "widget" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: tag exactly one explorer cell 'widget'"
+    (cell,) = tagged
+    assert cell.cell_type == "code"
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in cell.outputs), (
+        f"{path.name}: the cell tagged widget must display an ipywidgets explorer"
+    )
+
+
+def test_committed_goldens_are_complete_and_free_of_volatile_metadata(notebook):
+    """What `make goldens` commits: every code cell executed (in order, from 1), and no
+    timestamps, widget state or kernel version that would change on every run."""
+    import copy
+
+    from llm_tutorial.report import strip_volatile_metadata
+
+    path, nb = notebook
+    assert strip_volatile_metadata(copy.deepcopy(nb)) == nb, f"{path.name}: run make goldens"
+    counts = [c.execution_count for c in nb.cells if c.cell_type == "code"]
+    assert counts == list(range(1, len(counts) + 1)), (
+        f"{path.name}: code cells must carry the execution counts of one run (make goldens)"
+    )
+
+
 def test_readme_links_every_notebook(notebook):
     path, _ = notebook
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
