@@ -232,10 +232,12 @@ def _title(nb: Any, default: str) -> str:
 
 
 def _origin(nb: Any) -> str:
+    """Where the page's outputs come from, in words (papermill marks a run that failed)."""
     papermill = nb.metadata.get("papermill", {})
     if papermill:
         profile = papermill.get("parameters", {}).get("PROFILE") or "auto"
-        return f"executed by make run (profile {profile})"
+        failed = " — it stopped at an error, see its log" if papermill.get("exception") else ""
+        return f"executed by make run (profile {profile}){failed}"
     return "committed outputs (smoke profile)"
 
 

@@ -230,7 +230,7 @@ def jupyterlab(tmp_path_factory):
             log.close()
             pytest.fail("jupyter lab did not start:\n" + (root / "jupyterlab.log").read_text()[-3000:])
         time.sleep(0.5)
-    yield url, token
+    yield url, token, root
     server.terminate()
     try:
         server.wait(timeout=20)
@@ -248,6 +248,8 @@ OPEN_AND_RUN_JS = """async (name) => {
     const index = cells.findIndex(c => (c.model.getMetadata('tags') || []).includes('widget'));
     if (index < 0) return {error: 'no cell tagged widget'};
     cells[index].node.setAttribute('data-test', 'widget-cell');
+    // the committed outputs and execution counts go: only this run's count marks a cell as run
+    await app.commands.execute('notebook:clear-all-cell-outputs');
     panel.content.activeCellIndex = index;
     app.commands.execute('notebook:run-all-above');
     window.__widgetCell = {panel, index, ran: false};
@@ -275,43 +277,24 @@ PROGRESS_JS = """() => {
 }"""
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_jupyterlab_runs_the_explorer_and_it_reacts(browser, jupyterlab, notebook):
-    url, token = jupyterlab
-    number = notebook.name[:2]
-    assert number in INTERACTIONS, f"add how to drive {notebook.name}'s explorer to INTERACTIONS"
-    tags = [c.metadata.get("tags", []) for c in nbformat.read(notebook, as_version=4).cells]
-    assert sum("widget" in t for t in tags) == 1, "tag exactly one explorer cell 'widget'"
-
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(60_000)
-    page.goto(f"{url}/lab?token={token}&reset")
+def _run_up_to_the_explorer(page, name: str) -> None:
+    """Open ``name`` in JupyterLab, clear the committed outputs, run every cell above the one
+    tagged ``widget``, then that cell; fail on the first error output."""
     page.wait_for_function("() => window.jupyterapp !== undefined", timeout=120_000)
-    opened = page.evaluate(OPEN_AND_RUN_JS, notebook.name)
+    opened = page.evaluate(OPEN_AND_RUN_JS, name)
     assert "error" not in opened, opened["error"]
     deadline = time.monotonic() + 600
     while True:
         state = page.evaluate(PROGRESS_JS)
-        assert "error" not in state, f"{notebook.name} failed in JupyterLab: {state['error']}"
+        assert "error" not in state, f"{name} failed in JupyterLab: {state['error']}"
         if state["done"]:
-            break
-        assert time.monotonic() < deadline, f"{notebook.name}: cells still running after 600 s"
+            return
+        assert time.monotonic() < deadline, f"{name}: cells still running after 600 s"
         time.sleep(1)
 
-    cell = page.locator("[data-test=widget-cell]")
-    cell.scroll_into_view_if_needed()
-    page.wait_for_function(
-        f"() => {{ const c = document.querySelector('[data-test=widget-cell]'); "
-        f"return c && ({SHOWN_JS})(c).length > 0; }}",
-        timeout=60_000,
-    )
-    shown = cell.evaluate(SHOWN_JS)
-    explorer = cell.locator(".jp-Cell-outputArea > .jp-OutputArea-child").last  # the explorer
-    explorer.scroll_into_view_if_needed()
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    explorer.screenshot(path=str(SCREENSHOTS / f"lab-{notebook.stem}-before.png"))
 
-    for action, selector, argument in INTERACTIONS[number]:
+def _interact(cell, steps) -> None:
+    for action, selector, argument in steps:
         control = cell.locator(f".jp-OutputArea {selector}").first
         if action == "fill":
             control.fill(str(argument))
@@ -325,15 +308,66 @@ def test_jupyterlab_runs_the_explorer_and_it_reacts(browser, jupyterlab, noteboo
             control.select_option(index=min(int(argument), len(options) - 1))
         elif action == "click":
             control.click()
-        else:  # pragma: no cover - a typo in INTERACTIONS
+        else:  # a typo in INTERACTIONS
             raise ValueError(f"unknown action {action!r}")
 
-    handle = cell.element_handle()
-    page.wait_for_function(
-        f"([c, before]) => ({SHOWN_JS})(c) !== before", arg=[handle, shown], timeout=60_000
-    )
-    page.wait_for_timeout(500)  # let the redraw finish before the screenshot
-    explorer.screenshot(path=str(SCREENSHOTS / f"lab-{notebook.stem}-after.png"))
-    assert cell.evaluate(SHOWN_JS) != shown
-    page.evaluate("() => window.__widgetCell.panel.sessionContext.shutdown()")  # free its memory
-    page.close()
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_jupyterlab_runs_the_explorer_and_it_reacts(browser, jupyterlab, notebook):
+    url, token, _ = jupyterlab
+    number = notebook.name[:2]
+    assert number in INTERACTIONS, f"add how to drive {notebook.name}'s explorer to INTERACTIONS"
+    tags = [c.metadata.get("tags", []) for c in nbformat.read(notebook, as_version=4).cells]
+    assert sum("widget" in t for t in tags) == 1, "tag exactly one explorer cell 'widget'"
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(f"{url}/lab?token={token}&reset")
+    try:
+        _run_up_to_the_explorer(page, notebook.name)
+        cell = page.locator("[data-test=widget-cell]")
+        cell.scroll_into_view_if_needed()
+        page.wait_for_function(
+            f"() => {{ const c = document.querySelector('[data-test=widget-cell]'); "
+            f"return c && ({SHOWN_JS})(c).length > 0; }}",
+            timeout=60_000,
+        )
+        shown = cell.evaluate(SHOWN_JS)
+        explorer = cell.locator(".jp-Cell-outputArea > .jp-OutputArea-child").last
+        explorer.scroll_into_view_if_needed()
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        explorer.screenshot(path=str(SCREENSHOTS / f"lab-{notebook.stem}-before.png"))
+
+        _interact(cell, INTERACTIONS[number])
+        page.wait_for_function(
+            f"([c, before]) => ({SHOWN_JS})(c) !== before",
+            arg=[cell.element_handle(), shown], timeout=60_000,
+        )  # fmt: skip
+        page.wait_for_timeout(500)  # let the redraw finish before the screenshot
+        explorer.screenshot(path=str(SCREENSHOTS / f"lab-{notebook.stem}-after.png"))
+        assert cell.evaluate(SHOWN_JS) != shown
+    finally:  # free the kernel's memory before the next notebook, even after a failure
+        page.evaluate("() => window.__widgetCell && window.__widgetCell.panel.sessionContext.shutdown()")
+        page.close()
+
+
+def test_jupyterlab_check_fails_on_an_error_above_the_explorer(browser, jupyterlab):
+    """The harness itself: an exception in a cell above the explorer fails the test with the
+    exception's name and message (rather than timing out or passing)."""
+    url, token, root = jupyterlab
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell("raise ValueError('broken on purpose')"),
+        nbformat.v4.new_code_cell("import ipywidgets\nipywidgets.Text()", metadata={"tags": ["widget"]}),
+    ]
+    nbformat.write(nb, root / "99_broken.ipynb")
+    page = browser.new_page()
+    page.goto(f"{url}/lab?token={token}&reset")
+    try:
+        with pytest.raises(AssertionError, match="cell 1: ValueError: broken on purpose"):
+            _run_up_to_the_explorer(page, "99_broken.ipynb")
+    finally:
+        page.evaluate("() => window.__widgetCell && window.__widgetCell.panel.sessionContext.shutdown()")
+        page.close()

@@ -38,7 +38,8 @@ def fetched(page: str) -> Resources:
     return parser
 
 
-def tiny_notebook(path: Path, title: str, *, executed_by_papermill: bool = False) -> Path:
+def tiny_notebook(path: Path, title: str, *, executed_by_papermill: bool = False,
+                  failed: bool = False) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_markdown_cell(
@@ -58,7 +59,7 @@ def tiny_notebook(path: Path, title: str, *, executed_by_papermill: bool = False
     ]
     nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
     if executed_by_papermill:
-        nb.metadata["papermill"] = {"parameters": {"PROFILE": "full"}}
+        nb.metadata["papermill"] = {"parameters": {"PROFILE": "full"}, "exception": failed}
     nbformat.write(nb, path)
     return path
 
@@ -123,6 +124,9 @@ def test_lessons_are_sorted_with_titles_origins_and_objectives(three, tmp_path):
     assert lessons[1].source == run / three[1].name
     assert lessons[1].origin == "executed by make run (profile full)"
     assert lessons[0].origin == "committed outputs (smoke profile)"
+    tiny_notebook(run / three[2].name, "02 · Lesson 2", executed_by_papermill=True, failed=True)
+    failed = site.load_lessons([run / three[2].name])[0]
+    assert failed.origin == "executed by make run (profile full) — it stopped at an error, see its log"
     assert "<li>" in lessons[0].objectives_html and "<math" in lessons[0].objectives_html
     assert "Run time" not in lessons[0].objectives_html
 
