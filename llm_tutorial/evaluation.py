@@ -600,8 +600,7 @@ def perplexity(model: nn.Module, tokenizer, texts: Sequence[str], max_length: in
     was_training = model.training
     model.eval()
     try:
-        for start in runtime.progress(range(0, len(texts), batch_size), desc="perplexity",
-                                      min_total=runtime.MIN_BATCHES_FOR_BAR, leave=False):
+        for start in runtime.batch_progress(range(0, len(texts), batch_size), desc="perplexity"):
             ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_length]
                    for t in texts[start:start + batch_size]]
             width = max(len(i) for i in ids)
@@ -890,8 +889,7 @@ def choice_probability(model: nn.Module, tokenizer, prompts: Sequence[str],
     model.eval()
     out = []
     try:
-        for start in runtime.progress(range(0, len(prompts), batch_size), desc="judge",
-                                      min_total=runtime.MIN_BATCHES_FOR_BAR, leave=False):
+        for start in runtime.batch_progress(range(0, len(prompts), batch_size), desc="judge"):
             enc = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt",
                             padding=True, add_special_tokens=False)
             logits = model(input_ids=enc["input_ids"].to(device),

@@ -22,7 +22,6 @@ loop, `llm_tutorial.trainer.Trainer`.
 
 from __future__ import annotations
 
-import math
 import random
 import string
 import time
@@ -290,9 +289,7 @@ def predict_logits(
     outputs = []
     try:
         inputs = {k: v for k, v in encodings.items() if k != "labels"}
-        n_batches = math.ceil(len(next(iter(inputs.values()))) / batch_size)
-        for batch in runtime.progress(batches(inputs, batch_size), total=n_batches, desc="predict",
-                                      min_total=runtime.MIN_BATCHES_FOR_BAR, leave=False):
+        for batch in runtime.batch_progress(batches(inputs, batch_size), desc="predict"):
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16,
                                 enabled=mixed_precision == "bf16"):

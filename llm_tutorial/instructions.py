@@ -965,8 +965,7 @@ def answer(model, tokenizer, records: Sequence[Record | Mapping[str, Any]], max_
     generator_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        for start in runtime.progress(range(0, len(order), batch_size), desc="generate",
-                                      min_total=runtime.MIN_BATCHES_FOR_BAR, leave=False):
+        for start in runtime.batch_progress(range(0, len(order), batch_size), desc="generate"):
             chunk = order[start:start + batch_size]
             enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True,
                             add_special_tokens=False)

@@ -873,9 +873,7 @@ def answer_nll(model: nn.Module, encodings: Mapping[str, torch.Tensor], batch_si
     wrapper.eval()
     total, count = 0.0, 0
     try:
-        n_batches = math.ceil(len(encodings["input_ids"]) / batch_size)
-        for batch in runtime.progress(ft.batches(encodings, batch_size), total=n_batches,
-                                      desc="answer NLL", min_total=runtime.MIN_BATCHES_FOR_BAR, leave=False):
+        for batch in runtime.batch_progress(ft.batches(encodings, batch_size), desc="answer NLL"):
             batch = {k: v.to(device) for k, v in batch.items()}
             n = int((batch["labels"][:, 1:] != -100).sum())
             total += wrapper(**batch).loss.item() * n

@@ -204,6 +204,12 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
     return bar(iterable, total=total, desc=desc, disable=disable, leave=leave, **kwargs)
 
 
+def batch_progress(iterable: Iterable, *, total: int | None = None, desc: str = ""):
+    """:func:`progress` for a batched inference loop: shown only from
+    ``MIN_BATCHES_FOR_BAR`` batches (short calls stay quiet), and removed once done."""
+    return progress(iterable, total=total, desc=desc, min_total=MIN_BATCHES_FOR_BAR, leave=False)
+
+
 def _auto_tqdm():
     """tqdm's widget bar inside Jupyter, its text bar elsewhere: what ``tqdm.auto`` picks,
     without ``tqdm.auto``'s asyncio mix-in, which calls ``iter()`` on the iterable as soon as

@@ -282,8 +282,7 @@ def predict_word_tags(model, tokenizer, sentences: Sequence[Sequence[str]],
     model.eval()
     results = []
     try:
-        for start in runtime.progress(range(0, len(sentences), batch_size), desc="tag",
-                                      min_total=runtime.MIN_BATCHES_FOR_BAR, leave=False):
+        for start in runtime.batch_progress(range(0, len(sentences), batch_size), desc="tag"):
             chunk = [list(words) for words in sentences[start:start + batch_size]]
             if any(not words for words in chunk):
                 raise ValueError("a sentence has no words: drop empty sentences first")
@@ -726,8 +725,7 @@ def predict_answers(model, tokenizer, examples: Sequence[QAExample], max_length:
     was_training = model.training
     model.eval()
     try:
-        for first in runtime.progress(range(0, len(windows), batch_size), desc="answer",
-                                      min_total=runtime.MIN_BATCHES_FOR_BAR, leave=False):
+        for first in runtime.batch_progress(range(0, len(windows), batch_size), desc="answer"):
             batch = collate(windows.features[first:first + batch_size], tokenizer.pad_token_id)
             with torch.no_grad():
                 output = model(**{k: v.to(model_device(model)) for k, v in batch.items()})
