@@ -169,10 +169,12 @@ def _check_sentences(sentences, label2id=None) -> None:
 
 def encode_tagged(tokenizer, sentences: Sequence[tuple[Sequence[str], Sequence[str]]],
                   label2id: Mapping[str, int], max_length: int = 128,
-                  alignment: str = "first") -> list[dict[str, list[int]]]:
+                  alignment: str = "first", shapes: bool = False) -> list[dict[str, list[int]]]:
     """Tokenize ``(words, tags)`` sentences into features ``{input_ids, attention_mask,
     labels}`` (lists, unpadded), with labels from :func:`align_labels` (``alignment="first"``,
-    or ``"all"`` for ``label_all_tokens``) or :func:`naive_labels` (``"naive"``)."""
+    or ``"all"`` for ``label_all_tokens``) or :func:`naive_labels` (``"naive"``).
+    ``shapes=True`` adds ``shape_ids`` (:func:`token_shapes`), the input of a
+    :class:`CaseChannel` model."""
     _check_fast(tokenizer)
     if alignment not in ALIGNMENTS:
         raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
@@ -189,9 +191,85 @@ def encode_tagged(tokenizer, sentences: Sequence[tuple[Sequence[str], Sequence[s
         else:
             labels = align_labels(encoding.word_ids(i), tags, label2id,
                                   label_all_tokens=alignment == "all")
-        features.append({"input_ids": ids, "attention_mask": encoding["attention_mask"][i],
-                         "labels": labels})
+        feature = {"input_ids": ids, "attention_mask": encoding["attention_mask"][i],
+                   "labels": labels}
+        if shapes:
+            feature["shape_ids"] = token_shapes(encoding.word_ids(i), sentences[i][0])
+        features.append(feature)
     return features
+
+
+# --------------------------------------------------------------------------- word shapes
+
+# What an uncased tokenizer throws away. Id 0 marks tokens that belong to no word ([CLS], [SEP],
+# padding), so that padding a batch of shape ids with 0 is right.
+SHAPES = ("no word", "lower", "Capitalised", "UPPER", "mIxed", "no letters")
+
+
+def word_shape(word: str) -> int:
+    """The case pattern of ``word`` as an index into :data:`SHAPES`: ``lower`` ("talks"),
+    ``Capitalised`` ("Blair", also a single capital: "I"), ``UPPER`` ("BBC"), ``mIxed``
+    ("McDonald", "eBay") or ``no letters`` ("2004", "%"). These are the word-shape features that
+    classical taggers (and spaCy) feed to their models."""
+    if not isinstance(word, str):
+        raise TypeError(f"word must be a string, got {type(word).__name__}")
+    letters = [c for c in word if c.isalpha()]
+    if not letters:
+        return SHAPES.index("no letters")
+    if not any(c.isupper() for c in letters):
+        return SHAPES.index("lower")
+    if all(c.isupper() for c in letters):
+        return SHAPES.index("UPPER" if len(letters) > 1 else "Capitalised")
+    if letters[0].isupper() and not any(c.isupper() for c in letters[1:]):
+        return SHAPES.index("Capitalised")
+    return SHAPES.index("mIxed")
+
+
+def token_shapes(word_ids: Sequence[int | None], words: Sequence[str]) -> list[int]:
+    """One shape id per token: the :func:`word_shape` of the word the token came from (every
+    sub-word of "Kaepernick" is ``Capitalised``), 0 for special tokens."""
+    shapes = [word_shape(w) for w in words]
+    if any(w is not None and not 0 <= w < len(shapes) for w in word_ids):
+        raise ValueError(f"word_ids refer to words beyond the {len(shapes)} given: tokenize the "
+                         "same words you give here")
+    return [0 if w is None else shapes[w] for w in word_ids]
+
+
+class CaseChannel(torch.nn.Module):
+    """Give an *uncased* encoder back the capital letters its tokenizer removed.
+
+    MiniLM lower-cases its input, so "Apple" and "apple" reach it as the same tokens. A
+    classical tagger would look at the word's shape; here each token's shape id
+    (:data:`SHAPES`) selects a learned vector :math:`s` that is added to its word embedding,
+    :math:`e_t = E[x_t] + S[\text{shape}_t]`, before the position embeddings and the layers
+    (the same place BERT adds its segment embeddings). :math:`S` starts at zero, so before
+    training the model computes exactly what the wrapped model computes.
+
+    ``forward`` takes the wrapped model's batch plus ``shape_ids`` (from
+    ``encode_tagged(..., shapes=True)``); without them it is the wrapped model."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        if not hasattr(model, "get_input_embeddings") or not hasattr(model, "config"):
+            raise TypeError("CaseChannel wraps a transformers model (it needs "
+                            "get_input_embeddings() and config), e.g. token_classifier(labels)")
+        self.model = model
+        self.config = model.config
+        self.shape_embeddings = torch.nn.Embedding(len(SHAPES), model.config.hidden_size)
+        torch.nn.init.zeros_(self.shape_embeddings.weight)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.model.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                shape_ids: torch.Tensor | None = None, **kwargs):
+        if shape_ids is None:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        if shape_ids.shape != input_ids.shape:
+            raise ValueError(f"shape_ids {tuple(shape_ids.shape)} must match input_ids "
+                             f"{tuple(input_ids.shape)}: one shape id per token")
+        embeds = self.get_input_embeddings()(input_ids) + self.shape_embeddings(shape_ids)
+        return self.model(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
 
 
 # --------------------------------------------------------------------------- batches
@@ -243,18 +321,21 @@ def _from_pretrained(model_class, path, freeze_embeddings: bool, **kwargs):
     return model
 
 
-def token_classifier(labels: Sequence[str], path=None, freeze_embeddings: bool = True):
+def token_classifier(labels: Sequence[str], path=None, freeze_embeddings: bool = True,
+                     case_channel: bool = False):
     """MiniLM (or the BERT at ``path``) with a fresh linear head over ``labels``.
 
     ``freeze_embeddings`` keeps the 30,522 x 384 word-embedding matrix (half of MiniLM's
     parameters) fixed: the optimizer then has half the work, and the embeddings of words that
-    are rare in the fine-tuning data are not pulled around by the few that occur. Seed first
-    for a repeatable head."""
+    are rare in the fine-tuning data are not pulled around by the few that occur.
+    ``case_channel=True`` wraps the model in a :class:`CaseChannel` (train it on features
+    encoded with ``shapes=True``). Seed first for a repeatable head."""
     label2id, id2label = label_maps(labels)
     from transformers import AutoModelForTokenClassification
 
-    return _from_pretrained(AutoModelForTokenClassification, path, freeze_embeddings,
-                            num_labels=len(labels), id2label=id2label, label2id=label2id)
+    model = _from_pretrained(AutoModelForTokenClassification, path, freeze_embeddings,
+                             num_labels=len(labels), id2label=id2label, label2id=label2id)
+    return CaseChannel(model) if case_channel else model
 
 
 def qa_model(path=None, freeze_embeddings: bool = True):
@@ -272,7 +353,8 @@ def predict_word_tags(model, tokenizer, sentences: Sequence[Sequence[str]],
                       alignment: str = "first") -> list[list[str]]:
     """One predicted tag per word: the argmax at each word's *first* sub-word (``"first"`` or
     ``"all"``), or at token ``i + 1`` for word ``i`` (``"naive"``, how a model trained with
-    :func:`naive_labels` is read). Words that were truncated away are tagged ``O``."""
+    :func:`naive_labels` is read). Words that were truncated away are tagged ``O``. A
+    :class:`CaseChannel` model is given the words' shapes."""
     _check_fast(tokenizer)
     if alignment not in ALIGNMENTS:
         raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
@@ -288,9 +370,12 @@ def predict_word_tags(model, tokenizer, sentences: Sequence[Sequence[str]],
                 raise ValueError("a sentence has no words: drop empty sentences first")
             encoding = tokenizer(chunk, is_split_into_words=True, truncation=True,
                                  max_length=max_length, padding=True, return_tensors="pt")
+            inputs = {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"]}
+            if isinstance(model, CaseChannel):
+                inputs["shape_ids"] = torch.tensor(
+                    [token_shapes(encoding.word_ids(i), words) for i, words in enumerate(chunk)])
             with torch.no_grad():
-                logits = model(input_ids=encoding["input_ids"].to(model_device(model)),
-                               attention_mask=encoding["attention_mask"].to(model_device(model))).logits
+                logits = model(**{k: v.to(model_device(model)) for k, v in inputs.items()}).logits
             best = logits.argmax(-1).cpu().tolist()
             for i, words in enumerate(chunk):
                 tags = ["O"] * len(words)
@@ -333,6 +418,49 @@ def entity_report(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequen
     table.columns = ["precision", "recall", "f1", "support"]
     table["support"] = table["support"].astype(int)
     return table
+
+
+DISAGREEMENTS = ("type", "boundary", "only predicted", "only reference")
+
+
+def disagreements(words: Sequence[Sequence[str]], true_tags: Sequence[Sequence[str]],
+                  pred_tags: Sequence[Sequence[str]]) -> pd.DataFrame:
+    """Every entity on which a prediction and a reference disagree, one row each, with its
+    kind (:data:`DISAGREEMENTS`): the same words with another ``type``; overlapping words with
+    other boundaries (``boundary``); an entity ``only predicted``, overlapping none of the
+    reference; one ``only reference``, overlapping no prediction. Columns: ``sentence``
+    (index), ``kind``, ``reference`` and ``predicted`` (``"TYPE: words"``, empty if none) and
+    ``text`` (the sentence). Entity-F1 tells *how much* two taggers disagree; this tells *how*."""
+    _check_same_shape(true_tags, pred_tags)
+    if len(words) != len(true_tags):
+        raise ValueError(f"{len(words)} word lists but {len(true_tags)} tag lists: give the "
+                         "words of every tagged sentence")
+
+    def show(sentence, span):
+        return f"{span[0]}: {' '.join(sentence[span[1]:span[2]])}" if span else ""
+
+    rows = []
+    for index, (sentence, true, pred) in enumerate(zip(words, true_tags, pred_tags, strict=True)):
+        if len(sentence) != len(true):
+            raise ValueError(f"sentence {index}: {len(sentence)} words but {len(true)} tags")
+        reference, predicted = set(bio_to_spans(true)), set(bio_to_spans(pred))
+
+        def overlapping(span, others):
+            return sorted(o for o in others if o[1] < span[2] and span[1] < o[2])
+
+        found = []
+        for span in sorted(predicted - reference, key=lambda x: x[1]):
+            hits = overlapping(span, reference - predicted)
+            found += [("boundary" if hit[1:] != span[1:] else "type", hit, span) for hit in hits]
+            if not hits:
+                found.append(("only predicted", None, span))
+        for span in sorted(reference - predicted, key=lambda x: x[1]):
+            if not overlapping(span, predicted - reference):
+                found.append(("only reference", span, None))
+        text = " ".join(sentence)
+        rows += [{"sentence": index, "kind": kind, "reference": show(sentence, ref),
+                  "predicted": show(sentence, pre), "text": text} for kind, ref, pre in found]
+    return pd.DataFrame(rows, columns=["sentence", "kind", "reference", "predicted", "text"])
 
 
 def _check_same_shape(true_tags, pred_tags) -> None:

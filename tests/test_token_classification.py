@@ -119,6 +119,104 @@ def test_collate_and_loader_pad_and_repeat():
     assert first == again
 
 
+# ---------------------------------------------------------------------------- case channel
+
+
+@pytest.mark.parametrize("word, shape", [
+    ("talks", "lower"), ("Blair", "Capitalised"), ("I", "Capitalised"), ("BBC", "UPPER"),
+    ("McDonald", "mIxed"), ("eBay", "mIxed"), ("2004", "no letters"), ("%", "no letters"),
+    ("O'Brien", "mIxed"), ("£1.4bn", "lower"), ("Zoë", "Capitalised"),
+])
+def test_word_shape(word, shape):
+    assert tc.SHAPES[tc.word_shape(word)] == shape
+
+
+def test_token_shapes_follow_words_and_reject_bad_input():
+    assert tc.token_shapes([None, 0, 0, 1, None], ["Kaepernick", "knelt"]) == [0, 2, 2, 1, 0]
+    with pytest.raises(ValueError, match="beyond the 1"):
+        tc.token_shapes([None, 0, 1], ["Ed"])
+    with pytest.raises(TypeError, match="must be a string"):
+        tc.word_shape(3)
+
+
+def test_encode_tagged_with_shapes_pads_with_no_word(tokenizer):
+    sentences = [(["The", "Minister", "met", "BBC"], ["O", "B-PER", "O", "B-LOC"]),
+                 (["london"], ["B-LOC"])]
+    features = tc.encode_tagged(tokenizer, sentences, LABEL2ID, shapes=True)
+    plain = tc.encode_tagged(tokenizer, sentences, LABEL2ID)
+    for feature, without in zip(features, plain, strict=True):
+        assert feature["input_ids"] == without["input_ids"]  # the tokenizer is uncased
+        assert len(feature["shape_ids"]) == len(feature["input_ids"])
+        assert feature["shape_ids"][0] == feature["shape_ids"][-1] == 0  # [CLS], [SEP]
+    assert {tc.SHAPES[i] for i in features[0]["shape_ids"][1:-1]} == {"Capitalised", "lower",
+                                                                       "UPPER"}
+    batch = tc.collate(features)
+    assert batch["shape_ids"].shape == batch["input_ids"].shape
+    assert batch["shape_ids"][1, len(features[1]["shape_ids"]):].eq(0).all()
+
+
+def tiny_tagger(tokenizer, seed=0):
+    from transformers import BertConfig, BertForTokenClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32, num_labels=len(LABELS),
+                        id2label=ID2LABEL, label2id=LABEL2ID)
+    return BertForTokenClassification(config).eval()
+
+
+def test_case_channel_starts_as_the_wrapped_model_and_then_sees_case(tokenizer):
+    inner = tiny_tagger(tokenizer)
+    model = tc.CaseChannel(inner).eval()
+    sentences = [["the", "minister", "met", "the", "president"],
+                 ["The", "Minister", "met", "THE", "President"]]
+    (plain_tags, cased_tags) = (tc.predict_word_tags(model, tokenizer, [s], ID2LABEL)[0]
+                                for s in sentences)
+    assert plain_tags == cased_tags == tc.predict_word_tags(inner, tokenizer, sentences[:1],
+                                                            ID2LABEL)[0]
+    batch = tc.collate(tc.encode_tagged(tokenizer, [(s, ["O"] * 5) for s in sentences],
+                                        LABEL2ID, shapes=True))
+    same = model(**batch).logits
+    assert torch.allclose(same[0], same[1])  # zero shape vectors: case is invisible
+    assert torch.allclose(model(**{k: v for k, v in batch.items() if k != "shape_ids"}).logits,
+                          same)
+    with torch.no_grad():
+        model.shape_embeddings.weight.normal_()
+    seen = model(**batch).logits
+    assert not torch.allclose(seen[0], seen[1])  # same tokens, other shapes: other logits
+    model(**batch).loss.backward()
+    assert model.shape_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_case_channel_bad_input(tokenizer):
+    with pytest.raises(TypeError, match="transformers model"):
+        tc.CaseChannel(torch.nn.Linear(2, 2))
+    model = tc.CaseChannel(tiny_tagger(tokenizer))
+    with pytest.raises(ValueError, match="one shape id per token"):
+        model(input_ids=torch.ones(1, 4, dtype=torch.long), shape_ids=torch.ones(1, 3, dtype=torch.long))
+
+
+def test_disagreements_name_each_kind():
+    words = [["Mr", "Blair", "met", "Nadal", "in", "Paris", "on", "Monday"], ["no", "entity"]]
+    true = [["B-PER", "I-PER", "O", "B-ORG", "O", "B-LOC", "O", "B-DATE"], ["O", "O"]]
+    pred = [["O", "B-PER", "O", "B-PER", "O", "B-LOC", "O", "O"], ["B-ORG", "O"]]
+    table = tc.disagreements(words, true, pred)
+    assert table[["sentence", "kind", "reference", "predicted"]].values.tolist() == [
+        [0, "boundary", "PER: Mr Blair", "PER: Blair"],
+        [0, "type", "ORG: Nadal", "PER: Nadal"],
+        [0, "only reference", "DATE: Monday", ""],
+        [1, "only predicted", "", "ORG: no"],
+    ]
+    assert set(table["kind"]) == set(tc.DISAGREEMENTS)
+    assert tc.disagreements(words, true, true).empty  # agreeing taggers: no rows
+    with pytest.raises(ValueError, match="word lists"):
+        tc.disagreements(words[:1], true, pred)
+    with pytest.raises(ValueError, match="one tag per word"):
+        tc.disagreements(words, true, [["O"], ["O", "O"]])
+    with pytest.raises(ValueError, match="sentence 1: 1 words"):
+        tc.disagreements([words[0], ["x"]], true, pred)
+
+
 # ---------------------------------------------------------------------------- spans
 
 
@@ -292,6 +390,11 @@ def test_minilm_ner_round_trip(minilm_tokenizer):
     assert len(set(feature["labels"][2:-2])) == 1 and feature["labels"][2] == I_PER
     tags = tc.predict_word_tags(model, minilm_tokenizer, [["a", "b", "c"]], ID2LABEL)
     assert len(tags[0]) == 3
+    torch.manual_seed(0)  # the same head: an untrained case channel changes nothing
+    cased = tc.token_classifier(LABELS, case_channel=True)
+    assert isinstance(cased, tc.CaseChannel) and cased.config.num_labels == len(LABELS)
+    assert (tc.extract_entities(cased, minilm_tokenizer, text, ID2LABEL)
+            == tc.extract_entities(model, minilm_tokenizer, text, ID2LABEL))
 
 
 @pytest.mark.slow

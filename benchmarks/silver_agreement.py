@@ -1,0 +1,84 @@
+"""
+# How closely can MiniLM imitate spaCy's entities?
+
+Section 5 of notebook 04 with the `full` profile's sizes, as a script, so that the silver
+agreement can be measured (and the case channel ablated) without running the rest of the
+notebook: spaCy's `en_core_web_sm` labels sentences of the BBC training and test articles,
+MiniLM (uncased, word embeddings frozen, optionally with `tc.CaseChannel`) learns the six types
+on the training sentences with the course trainer, and the agreement is spaCy-referenced
+entity F1 on the test sentences. It prints the agreement curve, the per-type report and the
+counts of `tc.disagreements`, and writes the disagreements to a CSV file to read.
+
+    python benchmarks/silver_agreement.py --case-channel      # the notebook's recipe
+    python benchmarks/silver_agreement.py --no-case-channel   # the ablation
+
+About 20 minutes per run on a 2-core CPU, 1 on a GPU. Results: docs/results/04_token_classification.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from llm_tutorial import assets, runtime
+from llm_tutorial import token_classification as tc
+from llm_tutorial.trainer import TrainConfig, Trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip("# \n"))
+    parser.add_argument("--train", type=int, default=24000, help="training sentences")
+    parser.add_argument("--test", type=int, default=1000, help="test sentences")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--case-channel", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--disagreements", default=None,
+                        help="CSV file for the disagreements (default: outputs/silver_*.csv)")
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer
+
+    start = time.perf_counter()
+    profile = runtime.get_profile("full")
+    device = runtime.get_device(profile)
+    tokenizer = AutoTokenizer.from_pretrained(assets.asset_path("minilm"))
+    nlp, bbc = assets.load_spacy_ner(), assets.load_bbc_news()
+    train = [tc.silver_tags(doc) for doc in
+             tc.annotate(nlp, tc.sample_sentences(bbc.train_texts, args.train, seed=0))]
+    test = [tc.silver_tags(doc) for doc in
+            tc.annotate(nlp, tc.sample_sentences(bbc.test_texts, args.test, seed=0))]
+    print(f"spaCy annotated {args.train + args.test} sentences in "
+          f"{time.perf_counter() - start:.0f} s", flush=True)
+
+    labels = tc.bio_labels(tc.SILVER_TYPES)
+    label2id, id2label = tc.label_maps(labels)
+    features = tc.encode_tagged(tokenizer, train, label2id, args.max_length,
+                                shapes=args.case_channel)
+    runtime.seed_everything(0, profile=profile)
+    model = tc.token_classifier(labels, case_channel=args.case_channel)
+    every = max(args.steps // 8, 1)
+    config = TrainConfig(max_steps=args.steps, lr=args.lr, warmup_steps=0.1, schedule="linear",
+                         log_every=every, eval_every=every, desc="silver NER")
+    loader = tc.make_loader(features, args.batch, seed=0, pad_token_id=tokenizer.pad_token_id)
+    trainer = Trainer(model, loader, config, device=device,
+                      eval_fn=tc.ner_eval_fn(tokenizer, test, id2label, args.max_length))
+    history = trainer.train()
+    print(history.dropna(subset=["entity_f1"])[["step", "train_loss", "entity_f1"]]
+          .to_string(index=False))
+
+    words, gold = [w for w, _ in test], [t for _, t in test]
+    predicted = tc.predict_word_tags(model, tokenizer, words, id2label, args.max_length)
+    print(tc.entity_report(gold, predicted).round(3).to_string())
+    disagreement = tc.disagreements(words, gold, predicted)
+    print(disagreement["kind"].value_counts().to_string())
+    name = "case" if args.case_channel else "uncased"
+    path = args.disagreements or runtime.output_dir() / f"silver_disagreements_{name}.csv"
+    disagreement.to_csv(path, index=False)
+    print(f"device {device}, training {trainer.elapsed_s:.0f} s, total "
+          f"{time.perf_counter() - start:.0f} s; disagreements in {path}")
+
+
+if __name__ == "__main__":
+    main()
