@@ -236,7 +236,7 @@ def token_shapes(word_ids: Sequence[int | None], words: Sequence[str]) -> list[i
 
 
 class CaseChannel(torch.nn.Module):
-    """Give an *uncased* encoder back the capital letters its tokenizer removed.
+    r"""Give an *uncased* encoder back the capital letters its tokenizer removed.
 
     MiniLM lower-cases its input, so "Apple" and "apple" reach it as the same tokens. A
     classical tagger would look at the word's shape; here each token's shape id
@@ -425,9 +425,10 @@ DISAGREEMENTS = ("type", "boundary", "only predicted", "only reference")
 
 def disagreements(words: Sequence[Sequence[str]], true_tags: Sequence[Sequence[str]],
                   pred_tags: Sequence[Sequence[str]]) -> pd.DataFrame:
-    """Every entity on which a prediction and a reference disagree, one row each, with its
-    kind (:data:`DISAGREEMENTS`): the same words with another ``type``; overlapping words with
-    other boundaries (``boundary``); an entity ``only predicted``, overlapping none of the
+    """Where a prediction and a reference disagree, entity by entity, with the kind of each
+    disagreement (:data:`DISAGREEMENTS`): the same words with another ``type``; overlapping
+    words with other boundaries (``boundary``, one row per overlapping pair, so a reference
+    entity split in two gives two rows); an entity ``only predicted``, overlapping none of the
     reference; one ``only reference``, overlapping no prediction. Columns: ``sentence``
     (index), ``kind``, ``reference`` and ``predicted`` (``"TYPE: words"``, empty if none) and
     ``text`` (the sentence). Entity-F1 tells *how much* two taggers disagree; this tells *how*."""
