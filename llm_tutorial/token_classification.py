@@ -430,8 +430,9 @@ def disagreements(words: Sequence[Sequence[str]], true_tags: Sequence[Sequence[s
     words with other boundaries (``boundary``, one row per overlapping pair, so a reference
     entity split in two gives two rows); an entity ``only predicted``, overlapping none of the
     reference; one ``only reference``, overlapping no prediction. Columns: ``sentence``
-    (index), ``kind``, ``reference`` and ``predicted`` (``"TYPE: words"``, empty if none) and
-    ``text`` (the sentence). Entity-F1 tells *how much* two taggers disagree; this tells *how*."""
+    (index), ``kind``, ``type`` (the reference entity's, else the predicted one's),
+    ``reference`` and ``predicted`` (``"TYPE: words"``, empty if none) and ``text`` (the
+    sentence). Entity-F1 tells *how much* two taggers disagree; this tells *how*."""
     _check_same_shape(true_tags, pred_tags)
     if len(words) != len(true_tags):
         raise ValueError(f"{len(words)} word lists but {len(true_tags)} tag lists: give the "
@@ -459,9 +460,11 @@ def disagreements(words: Sequence[Sequence[str]], true_tags: Sequence[Sequence[s
             if not overlapping(span, predicted - reference):
                 found.append(("only reference", span, None))
         text = " ".join(sentence)
-        rows += [{"sentence": index, "kind": kind, "reference": show(sentence, ref),
-                  "predicted": show(sentence, pre), "text": text} for kind, ref, pre in found]
-    return pd.DataFrame(rows, columns=["sentence", "kind", "reference", "predicted", "text"])
+        rows += [{"sentence": index, "kind": kind, "type": (ref or pre)[0],
+                  "reference": show(sentence, ref), "predicted": show(sentence, pre),
+                  "text": text} for kind, ref, pre in found]
+    return pd.DataFrame(rows, columns=["sentence", "kind", "type", "reference", "predicted",
+                                       "text"])
 
 
 def _check_same_shape(true_tags, pred_tags) -> None:

@@ -201,11 +201,11 @@ def test_disagreements_name_each_kind():
     true = [["B-PER", "I-PER", "O", "B-ORG", "O", "B-LOC", "O", "B-DATE"], ["O", "O"]]
     pred = [["O", "B-PER", "O", "B-PER", "O", "B-LOC", "O", "O"], ["B-ORG", "O"]]
     table = tc.disagreements(words, true, pred)
-    assert table[["sentence", "kind", "reference", "predicted"]].values.tolist() == [
-        [0, "boundary", "PER: Mr Blair", "PER: Blair"],
-        [0, "type", "ORG: Nadal", "PER: Nadal"],
-        [0, "only reference", "DATE: Monday", ""],
-        [1, "only predicted", "", "ORG: no"],
+    assert table[["sentence", "kind", "type", "reference", "predicted"]].values.tolist() == [
+        [0, "boundary", "PER", "PER: Mr Blair", "PER: Blair"],
+        [0, "type", "ORG", "ORG: Nadal", "PER: Nadal"],
+        [0, "only reference", "DATE", "DATE: Monday", ""],
+        [1, "only predicted", "ORG", "", "ORG: no"],
     ]
     assert set(table["kind"]) == set(tc.DISAGREEMENTS)
     assert tc.disagreements(words, true, true).empty  # agreeing taggers: no rows
