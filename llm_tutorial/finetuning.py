@@ -47,6 +47,8 @@ __all__ = [
     "set_dropout",
     "load_classifier",
     "encode",
+    "encode_windows",
+    "document_logits",
     "TensorDictDataset",
     "batches",
     "predict_logits",
@@ -242,6 +244,65 @@ def encode(
             raise ValueError(f"got {len(labels)} labels for {len(texts)} texts: pass one label per text")
         out["labels"] = torch.as_tensor(list(labels), dtype=torch.long)
     return out
+
+
+def encode_windows(
+    tokenizer,
+    texts: Sequence[str],
+    max_length: int,
+    stride: int = 128,
+    labels: Sequence[int] | None = None,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """
+    ## Reading the whole of a long text
+
+    `encode` keeps the first `max_length` tokens and drops the rest: about 38% of BBC articles
+    are longer than MiniLM's 512 positions. Here each text is cut into *windows* of
+    `max_length` tokens that overlap by `stride` tokens (the same sliding window as extractive
+    QA in notebook 04), so every token is in at least one window. With window length $m$ and
+    stride $s$, a text of $T > s$ tokens (not counting `[CLS]` and `[SEP]`, which take two
+    positions of each window) gives $\\lceil (T - s) / (m - 2 - s) \\rceil$ windows.
+
+    Returns `(encodings, doc)`: the windows' `input_ids` and `attention_mask` (and `labels`,
+    each window carrying its text's label, to train on every window), and `doc`, the index of
+    the text each window came from. `document_logits` turns the windows' logits back into one
+    row per text.
+    """
+    texts = check_texts(texts)
+    if not isinstance(max_length, int) or max_length < 8:
+        raise ValueError(f"max_length must be an int >= 8, got {max_length!r}")
+    if not isinstance(stride, int) or not 0 <= stride <= max_length // 2:
+        raise ValueError(f"stride (the overlap of consecutive windows) must be an int in "
+                         f"[0, max_length // 2 = {max_length // 2}], got {stride!r}")
+    if labels is not None and len(labels) != len(texts):
+        raise ValueError(f"got {len(labels)} labels for {len(texts)} texts: pass one label per text")
+    enc = tokenizer(texts, truncation=True, max_length=max_length, stride=stride,
+                    return_overflowing_tokens=True, padding="max_length", return_tensors="pt")
+    doc = enc["overflow_to_sample_mapping"].long()
+    out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    if labels is not None:
+        out["labels"] = torch.as_tensor(list(labels), dtype=torch.long)[doc]
+    return out, doc
+
+
+def document_logits(window_logits: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:
+    """One row of logits per text: the mean of its windows' logits (`doc` from `encode_windows`).
+
+    Every part of the text votes, each window with the same weight; notebook 03 measures
+    whether that beats reading only the first window.
+    """
+    window_logits, doc = torch.as_tensor(window_logits), torch.as_tensor(doc).long()
+    if window_logits.ndim != 2 or doc.shape != window_logits.shape[:1]:
+        raise ValueError(f"need logits (windows, classes) and one doc index per window, got "
+                         f"{tuple(window_logits.shape)} and {tuple(doc.shape)}")
+    n_docs = int(doc.max()) + 1
+    counts = torch.bincount(doc, minlength=n_docs)
+    if (counts == 0).any():
+        raise ValueError(f"doc skips text {int((counts == 0).nonzero()[0])}: pass the doc "
+                         "tensor encode_windows returned, unchanged")
+    total = torch.zeros(n_docs, window_logits.shape[1], dtype=torch.float64)
+    total.index_add_(0, doc, window_logits.double())
+    return (total / counts.unsqueeze(1)).float()
 
 
 class TensorDictDataset(Dataset):

@@ -592,16 +592,22 @@ def split_sentences(text: str) -> list[str]:
     return sentences
 
 
-def sample_sentences(texts: Sequence[str], n: int, seed: int = 0, min_words: int = 6,
+def sample_sentences(texts: Sequence[str], n: int | None, seed: int = 0, min_words: int = 6,
                      max_words: int = 40) -> list[str]:
     """``n`` sentences drawn without replacement (seeded) from all sentences of ``texts`` that
-    have ``min_words`` to ``max_words`` words; headlines (the first line) are skipped."""
+    have ``min_words`` to ``max_words`` words; headlines (the first line) are skipped.
+    ``n=None`` takes every such sentence, in the same seeded random order."""
     if isinstance(texts, str) or not len(texts):
         raise ValueError("texts must be a non-empty list of articles")
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    if n is not None and (not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a positive int (or None for all), got {n!r}")
     pool = [s for text in texts for s in split_sentences(text.split("\n", 1)[-1])
             if min_words <= len(s.split()) <= max_words]
+    if not pool:
+        raise ValueError(f"no sentence has {min_words} to {max_words} words: pass longer texts "
+                         "or widen min_words/max_words")
+    if n is None:
+        n = len(pool)
     if n > len(pool):
         raise ValueError(f"asked for {n} sentences but only {len(pool)} qualify: ask for fewer "
                          "or widen min_words/max_words")

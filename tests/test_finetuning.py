@@ -194,6 +194,49 @@ def test_encode_rejects_a_tiny_max_length(tokenizer):
         ft.encode(tokenizer, TEXTS, 1)
 
 
+def test_encode_windows_covers_every_token_of_a_long_text(tokenizer):
+    long = " ".join(f"word{i}" for i in range(60))  # far more than one window of 16
+    words = tokenizer(long, add_special_tokens=False)["input_ids"]
+    enc, doc = ft.encode_windows(tokenizer, [TEXTS[0], long], 16, stride=4, labels=[3, 1])
+    assert enc["input_ids"].shape[1] == 16 and len(doc) == len(enc["labels"])
+    assert doc[0] == 0 and (doc[1:] == 1).all()  # the short text needs one window
+    assert enc["labels"].tolist() == [3] + [1] * (len(doc) - 1)
+    # the formula in the docstring: ceil((T - s) / (m - 2 - s)) windows
+    assert len(doc) - 1 == -(-(len(words) - 4) // (16 - 2 - 4))
+    pieces = []
+    for row, mask in zip(enc["input_ids"][1:], enc["attention_mask"][1:], strict=True):
+        ids = row[mask.bool()].tolist()
+        assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+        pieces.append(ids[1:-1])
+    for before, after in zip(pieces, pieces[1:], strict=False):
+        assert before[-4:] == after[:4]  # consecutive windows overlap by the stride
+    stitched = pieces[0] + [t for piece in pieces[1:] for t in piece[4:]]
+    assert stitched == words  # nothing lost, nothing repeated beyond the overlap
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"max_length": 4}, "max_length"),
+    ({"stride": 9}, "stride"),
+    ({"stride": -1}, "stride"),
+    ({"labels": [0]}, "one label per text"),
+])
+def test_encode_windows_rejects_bad_input(tokenizer, kwargs, match):
+    kwargs = {"max_length": 16, "stride": 4, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        ft.encode_windows(tokenizer, TEXTS[:2], **kwargs)
+
+
+def test_document_logits_average_each_texts_windows():
+    logits = torch.tensor([[1.0, 0.0], [0.0, 4.0], [2.0, 2.0], [5.0, 1.0]])
+    doc = torch.tensor([0, 1, 1, 2])
+    assert torch.allclose(ft.document_logits(logits, doc),
+                          torch.tensor([[1.0, 0.0], [1.0, 3.0], [5.0, 1.0]]))
+    with pytest.raises(ValueError, match="one doc index per window"):
+        ft.document_logits(logits, doc[:3])
+    with pytest.raises(ValueError, match="skips text 1"):
+        ft.document_logits(logits, torch.tensor([0, 2, 2, 3]))
+
+
 def test_batches_are_dicts_and_shuffling_is_seeded():
     data = {"input_ids": torch.arange(10).unsqueeze(1), "labels": torch.arange(10)}
     order = [b["labels"].tolist() for b in ft.batches(data, 4)]

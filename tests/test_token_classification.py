@@ -343,6 +343,13 @@ def test_split_and_sample_sentences():
         tc.sample_sentences([article], 2, min_words=4)
     with pytest.raises(ValueError, match="only 2 qualify"):
         tc.sample_sentences([article], 3, min_words=4)
+    everything = tc.sample_sentences([article], None, min_words=4, seed=3)
+    assert sorted(everything) == ["First sentence is long enough.", "Second one follows it here."]
+    assert everything == tc.sample_sentences([article], 2, min_words=4, seed=3)  # same order
+    with pytest.raises(ValueError, match="no sentence has 9 to 40 words"):
+        tc.sample_sentences([article], None, min_words=9)
+    with pytest.raises(ValueError, match="or None for all"):
+        tc.sample_sentences([article], 0)
 
 
 # ---------------------------------------------------------------------------- SQuAD metrics
