@@ -5,8 +5,8 @@ Section 5 of notebook 04 with the `full` profile's sizes, as a script, so that t
 agreement can be measured (and the case channel ablated) without running the rest of the
 notebook: spaCy's `en_core_web_sm` labels sentences of the BBC training and test articles,
 MiniLM (uncased, word embeddings frozen, optionally with `tc.CaseChannel`) learns the six types
-on the training sentences with the course trainer, and the agreement is spaCy-referenced
-entity F1 on the test sentences. It prints the agreement curve, the per-type report and the
+on the training sentences with `tc.train_tagger` (the notebook's recipe and the course
+trainer), and the agreement is spaCy-referenced entity F1 on the test sentences. It prints the agreement curve, the per-type report and the
 counts of `tc.disagreements`, and writes the disagreements to a CSV file to read.
 
     python benchmarks/silver_agreement.py --case-channel      # the notebook's recipe
@@ -26,7 +26,6 @@ from pathlib import Path
 
 from llm_tutorial import assets, runtime
 from llm_tutorial import token_classification as tc
-from llm_tutorial.trainer import TrainConfig, Trainer
 
 
 def silver(texts: list[str], n: int | None, split: str, cache: str | None) -> list:
@@ -80,18 +79,13 @@ def main() -> None:
         return
 
     labels = tc.bio_labels(tc.SILVER_TYPES)
-    label2id, id2label = tc.label_maps(labels)
-    features = tc.encode_tagged(tokenizer, train, label2id, args.max_length,
-                                shapes=args.case_channel)
-    runtime.seed_everything(0, profile=profile)
-    model = tc.token_classifier(labels, case_channel=args.case_channel)
-    every = max(args.steps // 8, 1)
-    config = TrainConfig(max_steps=args.steps, lr=args.lr, warmup_steps=0.1, schedule="linear",
-                         log_every=every, eval_every=every, desc="silver NER")
-    loader = tc.make_loader(features, args.batch, seed=0, pad_token_id=tokenizer.pad_token_id)
-    trainer = Trainer(model, loader, config, device=device,
-                      eval_fn=tc.ner_eval_fn(tokenizer, test, id2label, args.max_length))
-    history = trainer.train()
+    id2label = tc.label_maps(labels)[1]
+    train_start = time.perf_counter()
+    model, history = tc.train_tagger(
+        tokenizer, train, labels, steps=args.steps, lr=args.lr, batch_size=args.batch,
+        max_length=args.max_length, eval_sentences=test, case_channel=args.case_channel,
+        device=device, profile=profile, desc="silver NER")
+    train_s = time.perf_counter() - train_start
     print(history.dropna(subset=["entity_f1"])[["step", "train_loss", "entity_f1"]]
           .to_string(index=False))
 
@@ -103,7 +97,7 @@ def main() -> None:
     name = "case" if args.case_channel else "uncased"
     path = args.disagreements or runtime.output_dir() / f"silver_disagreements_{name}.csv"
     disagreement.to_csv(path, index=False)
-    print(f"device {device}, training {trainer.elapsed_s:.0f} s, total "
+    print(f"device {device}, training {train_s:.0f} s, total "
           f"{time.perf_counter() - start:.0f} s; disagreements in {path}")
 
 

@@ -3,6 +3,7 @@ best-span search, SQuAD metrics, and the errors raised on bad input."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -402,6 +403,25 @@ def test_minilm_ner_round_trip(minilm_tokenizer):
     assert isinstance(cased, tc.CaseChannel) and cased.config.num_labels == len(LABELS)
     assert (tc.extract_entities(cased, minilm_tokenizer, text, ID2LABEL)
             == tc.extract_entities(model, minilm_tokenizer, text, ID2LABEL))
+
+
+@pytest.mark.slow
+def test_train_tagger_is_seeded_and_logs_entity_f1(minilm_tokenizer):
+    sentences = [(["Ed", "Sheeran", "played", "in", "London"], ["B-PER", "I-PER", "O", "O", "B-LOC"]),
+                 (["Paris", "is", "far"], ["B-LOC", "O", "O"])] * 4
+    runs = [tc.train_tagger(minilm_tokenizer, sentences, LABELS, steps=4, lr=1e-3, batch_size=2,
+                            max_length=16, eval_sentences=sentences[:2], evals=2,
+                            case_channel=case, device="cpu", desc="test")
+            for case in (False, False, True)]
+    (model, history), (_, again), (cased, _) = runs
+    assert isinstance(cased, tc.CaseChannel) and not isinstance(model, tc.CaseChannel)
+    assert history["entity_f1"].notna().sum() == 2  # scored twice: at step 2 and step 4
+    assert list(history["step"]) == [2, 4]
+    pd.testing.assert_frame_equal(history.drop(columns=["elapsed_s"], errors="ignore"),
+                                  again.drop(columns=["elapsed_s"], errors="ignore"))
+    with pytest.raises(ValueError, match="evals must be a positive int"):
+        tc.train_tagger(minilm_tokenizer, sentences, LABELS, steps=4, lr=1e-3, batch_size=2,
+                        evals=0)
 
 
 @pytest.mark.slow
