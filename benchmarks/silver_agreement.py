@@ -6,8 +6,9 @@ agreement can be measured (and the case channel ablated) without running the res
 notebook: spaCy's `en_core_web_sm` labels sentences of the BBC training and test articles,
 MiniLM (uncased, word embeddings frozen, optionally with `tc.CaseChannel`) learns the six types
 on the training sentences with `tc.train_tagger` (the notebook's recipe and the course
-trainer), and the agreement is spaCy-referenced entity F1 on the test sentences. It prints the agreement curve, the per-type report and the
-counts of `tc.disagreements`, and writes the disagreements to a CSV file to read.
+trainer), and the agreement is spaCy-referenced entity F1 on the test sentences. It prints the
+agreement curve, the per-type report and the counts of `tc.disagreements`, and writes the
+disagreements to a CSV file to read.
 
     python benchmarks/silver_agreement.py --case-channel      # the notebook's recipe
     python benchmarks/silver_agreement.py --no-case-channel   # the ablation
@@ -97,7 +98,7 @@ def main() -> None:
     name = "case" if args.case_channel else "uncased"
     path = args.disagreements or runtime.output_dir() / f"silver_disagreements_{name}.csv"
     disagreement.to_csv(path, index=False)
-    print(f"device {device}, training {train_s:.0f} s, total "
+    print(f"device {device}, encoding and training {train_s:.0f} s, total "
           f"{time.perf_counter() - start:.0f} s; disagreements in {path}")
 
 
