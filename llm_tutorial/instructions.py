@@ -31,10 +31,11 @@ The second half of the module tunes a model on them (notebook 06):
   (packing keeps examples apart with per-example `position_ids`), `sft_batches` shuffles and
   batches, `batch_stats` counts real, padding and loss tokens;
 * `answer` generates (greedy, or sampled with temperature / top-k / top-p / repetition
-  penalty), `score` and `exact_match` apply the verifiers, `rouge_l` is the reference-based
-  comparison;
-* `tune` is LoRA SFT with the course's trainer, and `generalisation_curve` repeats it for
-  growing numbers of training families, scored on held-out ones.
+  penalty), `score` and `exact_match` apply the verifiers (`evaluate_splits` on several named
+  evaluation sets in one pass), `rouge_l` is the reference-based comparison;
+* `sft_mixture` draws a training mix of generated and open-ended records, `tune` is LoRA SFT
+  with the course's trainer, and `generalisation_curve` repeats it for growing numbers of
+  training families, scored on held-out ones.
 """
 
 from __future__ import annotations
@@ -81,7 +82,9 @@ __all__ = [
     "answer",
     "score",
     "exact_match",
+    "evaluate_splits",
     "rouge_l",
+    "sft_mixture",
     "tune",
     "family_subsets",
     "generalisation_curve",
@@ -1004,6 +1007,23 @@ def exact_match(model, tokenizer, records: Sequence[Record], max_new_tokens: int
     return score(records, answer(model, tokenizer, records, max_new_tokens, batch_size, **decoding))
 
 
+def evaluate_splits(model, tokenizer, splits: Mapping[str, Sequence[Record]],
+                    max_new_tokens: int = 32, batch_size: int = 16, **decoding: Any
+                    ) -> dict[str, pd.DataFrame]:
+    """`exact_match` on several named evaluation sets at once (e.g. training families,
+    held-out templates, held-out families): the answers are generated in one batched pass
+    over all the records, and one scored table comes back per name, in order."""
+    if not isinstance(splits, Mapping) or not splits:
+        raise TypeError("splits must be a non-empty dict of {name: list of Records}")
+    empty = [name for name, records in splits.items() if not len(records)]
+    if empty:
+        raise ValueError(f"splits {empty} have no records: give every split at least one")
+    records = [r for recs in splits.values() for r in recs]
+    table = exact_match(model, tokenizer, records, max_new_tokens, batch_size, **decoding)
+    table["split"] = [name for name, recs in splits.items() for _ in recs]
+    return {name: table[table["split"] == name].reset_index(drop=True) for name in splits}
+
+
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
     """ROUGE-L F1 of each prediction against its reference (longest common subsequence of
     words, stemmed; package `rouge-score`): a reference-based metric for open-ended answers."""
@@ -1019,6 +1039,33 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float
 
 
 # ------------------------------------------------------------------------------ tuning
+
+
+def sft_mixture(families: Sequence[str], n: int, open_records: Sequence[Record] = (),
+                open_share: float = 0.25, seed: int = 0) -> list[Record]:
+    """
+    An SFT training mix of `n` records: a share `open_share` of them sampled from
+    `open_records` (open-ended instructions, e.g. the vendored set's training part), so that
+    tuning on terse, checkable tasks does not make the model terse everywhere, and the rest
+    generated from `families` with their training templates (`take`). Shuffled; the same
+    `seed` gives the same mix.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if isinstance(open_share, bool) or not isinstance(open_share, (int, float)) \
+            or not 0 <= open_share < 1:
+        raise ValueError(f"open_share must be in [0, 1), got {open_share!r}")
+    n_open = int(open_share * n)
+    if n_open > len(open_records):
+        raise ValueError(f"open_share={open_share} of {n} records needs {n_open} open-ended "
+                         f"records, but only {len(open_records)} were given: pass more "
+                         f"(ins.load_vendored_records()) or lower open_share")
+    rng = random.Random(seed)
+    mix = take(n - n_open, families, seed=seed)
+    if n_open:
+        mix += rng.sample(_as_records(open_records), n_open)
+    rng.shuffle(mix)
+    return mix
 
 
 def tune(model, tokenizer, records: Sequence[Record | Mapping[str, Any]], steps: int,

@@ -323,6 +323,40 @@ def test_score_applies_each_verifier():
         ins.score(records, ["42"])
 
 
+def test_evaluate_splits_scores_each_split_as_one_pass_would(tok):
+    model = tiny_llama(tok)
+    splits = {"a": SFT_RECORDS[:2], "b": SFT_RECORDS[2:5]}
+    tables = ins.evaluate_splits(model, tok, splits, max_new_tokens=3, batch_size=2)
+    assert list(tables) == ["a", "b"] and [len(t) for t in tables.values()] == [2, 3]
+    together = ins.exact_match(model, tok, SFT_RECORDS[:5], 3, batch_size=2)
+    assert tables["b"]["prediction"].tolist() == together["prediction"].tolist()[2:]
+    assert tables["b"].index.tolist() == [0, 1, 2] and set(tables["a"]["split"]) == {"a"}
+    with pytest.raises(ValueError, match=r"splits \['b'\] have no records"):
+        ins.evaluate_splits(model, tok, {"a": SFT_RECORDS[:1], "b": []})
+    with pytest.raises(TypeError, match="non-empty dict"):
+        ins.evaluate_splits(model, tok, SFT_RECORDS)
+
+
+def test_sft_mixture_shares_and_seeds():
+    open_records = ins.records_from_dicts([{"instruction": f"Say {i}.", "output": str(i)}
+                                           for i in range(50)])
+    train, _ = ins.split_families(8, seed=0)
+    mix = ins.sft_mixture(train, 40, open_records, open_share=0.25, seed=3)
+    assert len(mix) == 40 and sum(r.family == "alpaca" for r in mix) == 10
+    assert {r.family for r in mix} - {"alpaca"} <= set(train)
+    assert all(r.template < len(ins.FAMILIES[r.family].templates) - 1
+               for r in mix if r.family != "alpaca")  # training templates only
+    assert mix == ins.sft_mixture(train, 40, open_records, open_share=0.25, seed=3)
+    assert mix != ins.sft_mixture(train, 40, open_records, open_share=0.25, seed=4)
+    assert all(r.family != "alpaca" for r in ins.sft_mixture(train, 8, open_share=0))
+    with pytest.raises(ValueError, match="only 50 were given"):
+        ins.sft_mixture(train, 400, open_records, open_share=0.25)
+    with pytest.raises(ValueError, match="open_share"):
+        ins.sft_mixture(train, 40, open_records, open_share=1.0)
+    with pytest.raises(ValueError, match="n must be"):
+        ins.sft_mixture(train, 0, open_records)
+
+
 def test_rouge_l():
     assert ins.rouge_l(["the cat sat"], ["the cat sat"]) == [1.0]
     assert ins.rouge_l(["dogs run"], ["the cat sat"]) == [0.0]
