@@ -58,10 +58,7 @@ def main() -> None:
 
     lm, tok = assets.load_smollm2()
     lm.to(device)
-    n = args.eval_n
-    splits = {"training families": ins.take(n, train, seed=101),
-              "held-out templates": ins.take(n, train, seed=102, templates="heldout"),
-              "held-out families": ins.take(n, heldout, seed=103, templates="all")}
+    splits = ins.evaluation_splits(train, heldout, args.eval_n)
     tables = {}
     if not args.no_base:
         tables["base"] = ins.evaluate_splits(lm, tok, splits, 24, batch_size=64)

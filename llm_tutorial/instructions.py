@@ -32,7 +32,8 @@ The second half of the module tunes a model on them (notebook 06):
   batches, `batch_stats` counts real, padding and loss tokens;
 * `answer` generates (greedy, or sampled with temperature / top-k / top-p / repetition
   penalty), `score` and `exact_match` apply the verifiers (`evaluate_splits` on several named
-  evaluation sets in one pass), `rouge_l` is the reference-based comparison;
+  evaluation sets in one pass, such as the three of `evaluation_splits`), `rouge_l` is the
+  reference-based comparison;
 * `sft_mixture` draws a training mix of generated and open-ended records, `tune` is LoRA SFT
   with the course's trainer, and `generalisation_curve` repeats it for growing numbers of
   training families, scored on held-out ones.
@@ -82,6 +83,7 @@ __all__ = [
     "answer",
     "score",
     "exact_match",
+    "evaluation_splits",
     "evaluate_splits",
     "rouge_l",
     "sft_mixture",
@@ -1005,6 +1007,21 @@ def exact_match(model, tokenizer, records: Sequence[Record], max_new_tokens: int
     """`score` of the model's answers (`answer(..., **decoding)`); `.correct.mean()` is the
     verifier exact-match accuracy."""
     return score(records, answer(model, tokenizer, records, max_new_tokens, batch_size, **decoding))
+
+
+def evaluation_splits(train_families: Sequence[str], heldout_families: Sequence[str], n: int,
+                      seed: int = 101) -> dict[str, list[Record]]:
+    """The three evaluation sets of notebook 06, `n` records each, each drawn with its own
+    seed (`seed`, `seed + 1`, `seed + 2`) so that none repeats the training stream (seed 0):
+    new inputs of the training families in their training wordings, the same families in
+    their held-out wording, and the held-out families in any wording."""
+    overlap = sorted(set(train_families) & set(heldout_families))
+    if overlap:
+        raise ValueError(f"families {overlap} are both trained on and held out: take the two "
+                         f"lists from split_families")
+    return {"training families": take(n, train_families, seed=seed),
+            "held-out templates": take(n, train_families, seed=seed + 1, templates="heldout"),
+            "held-out families": take(n, heldout_families, seed=seed + 2, templates="all")}
 
 
 def evaluate_splits(model, tokenizer, splits: Mapping[str, Sequence[Record]],

@@ -323,6 +323,21 @@ def test_score_applies_each_verifier():
         ins.score(records, ["42"])
 
 
+def test_evaluation_splits_ask_three_questions():
+    train, held = ins.split_families(8, seed=0)
+    splits = ins.evaluation_splits(train, held, 30)
+    assert list(splits) == ["training families", "held-out templates", "held-out families"]
+    seen, new_wording, unseen = splits.values()
+    assert {r.family for r in seen + new_wording} <= set(train)
+    assert {r.family for r in unseen} <= set(held)
+    assert all(r.template < len(ins.FAMILIES[r.family].templates) - 1 for r in seen)
+    assert all(r.template == len(ins.FAMILIES[r.family].templates) - 1 for r in new_wording)
+    assert seen == ins.take(30, train, seed=101)  # seeds apart from the training stream's 0
+    assert splits == ins.evaluation_splits(train, held, 30)
+    with pytest.raises(ValueError, match=r"\['add'\] are both trained on and held out"):
+        ins.evaluation_splits(train, held + ["add"], 5)
+
+
 def test_evaluate_splits_scores_each_split_as_one_pass_would(tok):
     model = tiny_llama(tok)
     splits = {"a": SFT_RECORDS[:2], "b": SFT_RECORDS[2:5]}
