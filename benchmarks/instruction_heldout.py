@@ -84,6 +84,9 @@ def main() -> None:
                               for model, split in tables.items()})
     by_family["records"] = tables["LoRA SFT"]["held-out families"]["family"].value_counts()
     print("\nheld-out families\n" + by_family.round(3).to_string())
+    breakdown = ins.family_breakdown(tables["LoRA SFT"]["held-out families"])
+    print("\nheld-out families after SFT: skill or habit? (constant = the family's most frequent "
+          "answer, given to all)\n" + breakdown.round(3).to_string(max_colwidth=30))
     if args.csv:
         for model, split in tables.items():
             table = pd.concat(split.values(), ignore_index=True)

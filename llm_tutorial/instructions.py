@@ -48,6 +48,7 @@ import random
 import re
 import string
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -85,6 +86,7 @@ __all__ = [
     "exact_match",
     "evaluation_splits",
     "evaluate_splits",
+    "family_breakdown",
     "rouge_l",
     "sft_mixture",
     "tune",
@@ -998,8 +1000,43 @@ def score(records: Sequence[Record], predictions: Sequence[str]) -> pd.DataFrame
                          f"{len(predictions)}")
     return pd.DataFrame([{"family": r.family, "kind": r.kind, "template": r.template,
                           "instruction": r.instruction, "input": r.input, "reference": r.output,
-                          "prediction": p, "correct": verify(p, r)}
+                          "prediction": p, "correct": verify(p, r), "verifier": r.verifier}
                          for r, p in zip(records, predictions, strict=True)])
+
+
+def family_breakdown(table: pd.DataFrame) -> pd.DataFrame:
+    """
+    Is a family's score a skill or a habit? Per family of a scored table (`score`,
+    `exact_match`): the records, the exact match, the model's most frequent answer (after
+    normalising case, spaces and end punctuation) with its share of the family's answers, and
+    the **constant exact match**: the score of that one answer given to every record of the
+    family. A model that says "no" to every "is this a leap year?" scores about 0.75, because
+    three years in four are not leap years, and shows no skill: its exact match equals its
+    constant exact match. `above constant` is the difference, the part of the score that came
+    from answering each record differently. Families come in order of first appearance.
+    """
+    import pandas as pd
+
+    needed = ["family", "instruction", "input", "reference", "prediction", "correct", "verifier"]
+    missing = [c for c in needed if c not in getattr(table, "columns", ())]
+    if missing:
+        raise KeyError(f"table lacks the columns {missing}: pass a table from ins.score, "
+                       f"ins.exact_match or ins.evaluate_splits")
+    if table.empty:
+        raise ValueError("table has no rows: score some answers first")
+    rows = []
+    for family, part in table.groupby("family", sort=False):
+        answers = [_normalise(p) for p in part["prediction"]]
+        top, n_top = Counter(answers).most_common(1)[0]  # ties: the answer given first
+        given = part["prediction"].iloc[answers.index(top)]  # as the model wrote it
+        records = [Record(r.instruction, r.input, r.reference, family, verifier=r.verifier)
+                   for r in part.itertuples(index=False)]
+        constant = sum(verify(given, r) for r in records) / len(records)
+        rows.append({"family": family, "records": len(part), "exact match": part["correct"].mean(),
+                     "top answer": top, "top share": n_top / len(part),
+                     "constant exact match": constant,
+                     "above constant": part["correct"].mean() - constant})
+    return pd.DataFrame(rows).set_index("family")
 
 
 def exact_match(model, tokenizer, records: Sequence[Record], max_new_tokens: int = 32,

@@ -323,6 +323,29 @@ def test_score_applies_each_verifier():
         ins.score(records, ["42"])
 
 
+def test_family_breakdown_tells_a_habit_from_a_skill():
+    years = [Record(f"Is {y} a leap year?", "", "yes" if y % 4 == 0 else "no", "leap_year",
+                    verifier="normalised") for y in (2001, 2002, 2003, 2004)]
+    words = [Record(f"First letter of {w}?", "", w[0], "first_letter", verifier="normalised")
+             for w in ("apple", "bread", "cat")]
+    table = ins.score(years + words, ["No.", "no", " NO ", "no", "a", "b", "x"])
+    out = ins.family_breakdown(table)
+    assert out.index.tolist() == ["leap_year", "first_letter"]  # order of first appearance
+    habit, skill = out.loc["leap_year"], out.loc["first_letter"]
+    assert habit["records"] == 4 and habit["exact match"] == 0.75
+    assert habit["top answer"] == "no" and habit["top share"] == 1.0  # "No." and " NO " count
+    assert habit["constant exact match"] == 0.75 and habit["above constant"] == 0.0
+    assert skill["exact match"] == pytest.approx(2 / 3) and skill["top answer"] == "a"  # tie: first
+    assert skill["constant exact match"] == pytest.approx(1 / 3)
+    assert skill["above constant"] == pytest.approx(1 / 3)
+    exact = ins.score([Record("Shout: hi", "", "HI", "uppercase", verifier="exact")] * 2, ["HI", "HI"])
+    assert ins.family_breakdown(exact).loc["uppercase", "constant exact match"] == 1.0  # as written
+    with pytest.raises(KeyError, match=r"lacks the columns \['verifier'\]"):
+        ins.family_breakdown(table.drop(columns="verifier"))
+    with pytest.raises(ValueError, match="no rows"):
+        ins.family_breakdown(table.iloc[:0])
+
+
 def test_evaluation_splits_ask_three_questions():
     train, held = ins.split_families(8, seed=0)
     splits = ins.evaluation_splits(train, held, 30)
