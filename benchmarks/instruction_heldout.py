@@ -87,6 +87,9 @@ def main() -> None:
     breakdown = ins.family_breakdown(tables["LoRA SFT"]["held-out families"])
     print("\nheld-out families after SFT: skill or habit? (constant = the family's most frequent "
           "answer, given to all)\n" + breakdown.round(3).to_string(max_colwidth=30))
+    weights = breakdown["records"] / breakdown["records"].sum()
+    print(f"all held-out families: exact match {(weights * breakdown['exact match']).sum():.3f}, "
+          f"constant {(weights * breakdown['constant exact match']).sum():.3f}")
     if args.csv:
         for model, split in tables.items():
             table = pd.concat(split.values(), ignore_index=True)

@@ -1013,7 +1013,8 @@ def family_breakdown(table: pd.DataFrame) -> pd.DataFrame:
     family. A model that says "no" to every "is this a leap year?" scores about 0.75, because
     three years in four are not leap years, and shows no skill: its exact match equals its
     constant exact match. `above constant` is the difference, the part of the score that came
-    from answering each record differently. Families come in order of first appearance.
+    from answering each record differently (negative when varying the answer did worse than the
+    habit would have). Families come in order of first appearance.
     """
     import pandas as pd
 
