@@ -261,6 +261,26 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:.1f}"
 
 
+# Yes/no families answer "yes" about half the time. Uniform years are 76% "no", and a uniform
+# letter is missing from a five-letter word 71% of the time: a model that says "no" to every
+# question would then look skilled (`family_breakdown` shows it). Both samplers draw the same
+# random numbers as the uniform ones did, so every other family's records stay the same.
+
+def _year(rng: random.Random) -> int:
+    """A year in 1800..2200, about half of them leap years: a year 4k + 1 becomes 4k."""
+    year = rng.randint(1800, 2200)
+    return year - 1 if year % 4 == 1 else year
+
+
+def _word_and_letter(rng: random.Random) -> tuple[str, str]:
+    """A word and a letter: one of the word's letters or one it lacks, half the time each."""
+    word, letter = _word(rng), rng.choice(string.ascii_lowercase)
+    if ord(letter) % 2:
+        return word, word[ord(letter) % len(word)]
+    absent = [c for c in string.ascii_lowercase if c not in word]
+    return word, absent[ord(letter) % len(absent)]
+
+
 # ------------------------------------------------------------------------------ the families
 
 _FAMILY_LIST: list[Family] = []
@@ -428,7 +448,7 @@ _family("leap_year", "dates", [
     "Is {x} a leap year? Answer yes or no.", "Was or will {x} be a leap year (yes/no)?",
     "Leap year or not: {x}? Say yes or no.", "Does the year {x} have 29 February? yes or no",
     "Answer yes or no: is {x} a leap year?"],
-    lambda r: r.randint(1800, 2200), str, lambda y: "yes" if calendar.isleap(y) else "no", "normalised")
+    _year, str, lambda y: "yes" if calendar.isleap(y) else "no", "normalised")
 # --- formatting
 _family("kv_to_json", "format", [
     "Turn these key-value pairs into a JSON object: {x}", "Write as JSON: {x}",
@@ -484,7 +504,7 @@ _family("boolean_and", "logic", [
 _family("contains_letter", "logic", [
     "Does the word {x}? Answer yes or no.", "Answer yes or no: does {x}?", "Check: does {x}? (yes/no)",
     "Tell me yes or no, does {x}?", "Yes or no: does {x}?"],
-    lambda r: (_word(r), r.choice(string.ascii_lowercase)), lambda v: f"'{v[0]}' contain the letter '{v[1]}'",
+    _word_and_letter, lambda v: f"'{v[0]}' contain the letter '{v[1]}'",
     lambda v: "yes" if v[1] in v[0] else "no", "normalised")
 # --- refusals: requests nobody can answer correctly
 _family("refuse_future", "refusal", [

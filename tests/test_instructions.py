@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import torch
@@ -53,6 +54,17 @@ def _wrong(record: Record) -> str:
     if record.family == "weekday_after":
         return "Monday" if out != "Monday" else "Tuesday"
     return "no" if out == "yes" else "yes"
+
+
+def test_yes_no_families_say_yes_about_half_the_time():
+    """Otherwise a model that answers "no" to everything would score as if it had a skill."""
+    rng = random.Random(0)
+    yes_no = [f for f in ins.FAMILIES.values()
+              if {f.solve(f.sample(random.Random(i))) for i in range(200)} == {"yes", "no"}]
+    assert {"leap_year", "contains_letter", "is_palindrome"} <= {f.name for f in yes_no}
+    for family in yes_no:
+        answers = [family.solve(family.sample(rng)) for _ in range(2000)]
+        assert 0.4 < answers.count("yes") / len(answers) < 0.6, family.name
 
 
 @pytest.mark.parametrize("name", ["add", "sort_numbers", "kv_to_json", "weekday_after", "leap_year"])
