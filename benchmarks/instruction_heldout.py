@@ -10,6 +10,7 @@ three evaluation splits scored by their verifiers (`ins.evaluate_splits`).
 
     python benchmarks/instruction_heldout.py                 # the notebook's full recipe
     python benchmarks/instruction_heldout.py --steps 900     # three times longer
+    python benchmarks/instruction_heldout.py --no-mask       # the loss on the prompt too
     python benchmarks/instruction_heldout.py --csv outputs/06_heldout   # keep every answer
 
 On a 2-core CPU: about 2 s per step (300 steps: 10 minutes) and 50 s per evaluation of the
@@ -40,6 +41,8 @@ def main() -> None:
     parser.add_argument("--heldout", default=None,
                         help="comma-separated held-out families (default: split_families(8, 0))")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-mask", action="store_true",
+                        help="put the loss on the prompt tokens too (the masking ablation)")
     parser.add_argument("--no-base", action="store_true", help="skip the base model's scores")
     parser.add_argument("--csv", default=None, help="path prefix for every answer, as CSV")
     parser.add_argument("--profile", default=None, help="device choice (default: auto)")
@@ -68,7 +71,7 @@ def main() -> None:
     start = time.perf_counter()
     history = ins.tune(lm, tok, mix, args.steps, batch_size=args.batch, lr=args.lr,
                        targets=args.targets.split(","), max_length=args.max_length,
-                       seed=args.seed, desc="LoRA SFT")
+                       seed=args.seed, mask_prompt=not args.no_mask, desc="LoRA SFT")
     seconds = time.perf_counter() - start
     tables["LoRA SFT"] = ins.evaluate_splits(lm, tok, splits, 24, batch_size=64)
 
