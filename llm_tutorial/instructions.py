@@ -1032,9 +1032,9 @@ def family_breakdown(table: pd.DataFrame) -> pd.DataFrame:
     `exact_match`): the records, the exact match, the model's most frequent answer (after
     normalising case, spaces and end punctuation) with its share of the family's answers, and
     the **constant exact match**: the score of that one answer given to every record of the
-    family. A model that says "no" to every "is this a leap year?" scores about 0.75, because
-    three years in four are not leap years, and shows no skill: its exact match equals its
-    constant exact match. `above constant` is the difference, the part of the score that came
+    family. A model that says "no" to every "is this a leap year?" scores about 0.75 on
+    uniformly drawn years (three in four are not leap years; the generator balances them for
+    this reason) and shows no skill: its exact match equals its constant exact match. `above constant` is the difference, the part of the score that came
     from answering each record differently (negative when varying the answer did worse than the
     habit would have). Families come in order of first appearance.
     """
