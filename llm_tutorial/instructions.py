@@ -1034,9 +1034,10 @@ def family_breakdown(table: pd.DataFrame) -> pd.DataFrame:
     the **constant exact match**: the score of that one answer given to every record of the
     family. A model that says "no" to every "is this a leap year?" scores about 0.75 on
     uniformly drawn years (three in four are not leap years; the generator balances them for
-    this reason) and shows no skill: its exact match equals its constant exact match. `above constant` is the difference, the part of the score that came
-    from answering each record differently (negative when varying the answer did worse than the
-    habit would have). Families come in order of first appearance.
+    this reason) and shows no skill: its exact match equals its constant exact match.
+    `above constant` is the difference, the part of the score that came from answering each
+    record differently (negative when varying the answer did worse than the habit would have).
+    Families come in order of first appearance.
     """
     import pandas as pd
 
@@ -1055,10 +1056,10 @@ def family_breakdown(table: pd.DataFrame) -> pd.DataFrame:
         records = [Record(r.instruction, r.input, r.reference, family, verifier=r.verifier)
                    for r in part.itertuples(index=False)]
         constant = sum(verify(given, r) for r in records) / len(records)
-        rows.append({"family": family, "records": len(part), "exact match": part["correct"].mean(),
+        accuracy = part["correct"].mean()
+        rows.append({"family": family, "records": len(part), "exact match": accuracy,
                      "top answer": top, "top share": n_top / len(part),
-                     "constant exact match": constant,
-                     "above constant": part["correct"].mean() - constant})
+                     "constant exact match": constant, "above constant": accuracy - constant})
     return pd.DataFrame(rows).set_index("family")
 
 
