@@ -589,7 +589,7 @@ def perplexity(model: nn.Module, tokenizer, texts: Sequence[str], max_length: in
     tokenizer: the same text cut into fewer, rarer tokens has a different $N$.
     """
     from llm_tutorial.finetuning import check_texts
-    from llm_tutorial.trainer import model_device
+    from llm_tutorial.trainer import eval_mode, model_device
 
     texts = check_texts(texts)
     if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
@@ -597,9 +597,7 @@ def perplexity(model: nn.Module, tokenizer, texts: Sequence[str], max_length: in
     device = model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     total_nll, total_tokens = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for start in runtime.batch_progress(range(0, len(texts), batch_size), desc="perplexity"):
             ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_length]
                    for t in texts[start:start + batch_size]]
@@ -615,8 +613,6 @@ def perplexity(model: nn.Module, tokenizer, texts: Sequence[str], max_length: in
             nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")
             total_nll += float(nll[keep].sum())
             total_tokens += int(keep.sum())
-    finally:
-        model.train(was_training)
     if total_tokens == 0:
         raise ValueError("every text is a single token: nothing to predict")
     mean = total_nll / total_tokens
@@ -875,7 +871,7 @@ def choice_probability(model: nn.Module, tokenizer, prompts: Sequence[str],
     ...). One forward pass per prompt, no sampling: a deterministic, graded verdict.
     """
     from llm_tutorial.finetuning import check_texts
-    from llm_tutorial.trainer import model_device
+    from llm_tutorial.trainer import eval_mode, model_device
 
     prompts = check_texts(prompts, "prompts")
     if len(options) != 2:
@@ -885,21 +881,20 @@ def choice_probability(model: nn.Module, tokenizer, prompts: Sequence[str],
     # only the last position's logits are needed: skip the vocabulary projection elsewhere
     keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    was_training = model.training
-    model.eval()
     out = []
     try:
-        for start in runtime.batch_progress(range(0, len(prompts), batch_size), desc="judge"):
-            enc = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt",
-                            padding=True, add_special_tokens=False)
-            logits = model(input_ids=enc["input_ids"].to(device),
-                           attention_mask=enc["attention_mask"].to(device), **keep).logits[:, -1].float()
-            probs = logits.softmax(-1)
-            a, b = probs[:, first].sum(-1), probs[:, second].sum(-1)
-            out.append((a / (a + b)).cpu())
+        with eval_mode(model):
+            for start in runtime.batch_progress(range(0, len(prompts), batch_size), desc="judge"):
+                enc = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt",
+                                padding=True, add_special_tokens=False)
+                logits = model(input_ids=enc["input_ids"].to(device),
+                               attention_mask=enc["attention_mask"].to(device),
+                               **keep).logits[:, -1].float()
+                probs = logits.softmax(-1)
+                a, b = probs[:, first].sum(-1), probs[:, second].sum(-1)
+                out.append((a / (a + b)).cpu())
     finally:
         tokenizer.padding_side = side
-        model.train(was_training)
     return torch.cat(out).numpy()
 
 
@@ -1065,7 +1060,7 @@ def integrated_gradients(model: nn.Module, tokenizer, text: str, target: int | N
     **Completeness**: the scores add up to $F(x) - F(x')$; `delta` is the error of that sum, a
     check that `steps` is large enough. Positive scores push towards `target`.
     """
-    from llm_tutorial.trainer import model_device
+    from llm_tutorial.trainer import eval_mode, model_device
 
     if not isinstance(text, str) or not text.strip():
         raise ValueError("text must be a non-empty string")
@@ -1079,9 +1074,7 @@ def integrated_gradients(model: nn.Module, tokenizer, text: str, target: int | N
                                                              already_has_special_tokens=True),
                            device=device).bool()
     baseline_ids = torch.where(special, ids[0], torch.full_like(ids[0], tokenizer.pad_token_id))
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             x = embeddings(ids)[0]
             x0 = embeddings(baseline_ids[None])[0]
@@ -1099,8 +1092,6 @@ def integrated_gradients(model: nn.Module, tokenizer, text: str, target: int | N
             (g,) = torch.autograd.grad(out.sum(), path)
             grads += g.sum(0)
         scores = ((x - x0) * grads / steps).sum(-1).detach().float().cpu().numpy()
-    finally:
-        model.train(was_training)
     probability = float(probs[target])
     return Attribution(tokenizer.convert_ids_to_tokens(ids[0].tolist()), scores, target, probability,
                        float(abs(scores.sum() - (probability - p_base))))
@@ -1148,21 +1139,19 @@ def attention_weights(encoder: nn.Module, tokenizer, text: str, max_length: int 
     """Tokens of `text` and the encoder's attention weights, shape `(layers, heads, T, T)`;
     row *i* of a head is how token *i* distributes its attention over the tokens. Uses the
     eager attention kernel for this call (the fused one does not return weights)."""
-    from llm_tutorial.trainer import model_device
+    from llm_tutorial.trainer import eval_mode, model_device
 
     if not isinstance(text, str) or not text.strip():
         raise ValueError("text must be a non-empty string")
     enc = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
     enc = {k: v.to(model_device(encoder)) for k, v in enc.items()}
     previous = encoder.config._attn_implementation
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        encoder.set_attn_implementation("eager")
-        out = encoder(**enc, output_attentions=True)
-    finally:
-        encoder.set_attn_implementation(previous)
-        encoder.train(was_training)
+    with eval_mode(encoder):
+        try:
+            encoder.set_attn_implementation("eager")
+            out = encoder(**enc, output_attentions=True)
+        finally:
+            encoder.set_attn_implementation(previous)
     weights = torch.stack([a[0] for a in out.attentions]).float().cpu()
     return tokenizer.convert_ids_to_tokens(enc["input_ids"][0].tolist()), weights
 

@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from llm_tutorial import assets, runtime
-from llm_tutorial.trainer import TrainConfig, Trainer, model_device
+from llm_tutorial.trainer import TrainConfig, Trainer, eval_mode, model_device
 
 __all__ = [
     "POOLINGS",
@@ -345,18 +345,14 @@ def predict_logits(
     if mixed_precision not in ("no", "bf16"):
         raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {mixed_precision!r}")
     device = model_device(model)
-    was_training = model.training
-    model.eval()
     outputs = []
-    try:
+    with eval_mode(model):
         inputs = {k: v for k, v in encodings.items() if k != "labels"}
         for batch in runtime.batch_progress(batches(inputs, batch_size), desc="predict"):
             batch = {k: v.to(device) for k, v in batch.items()}
             with torch.autocast(device.type, dtype=torch.bfloat16,
                                 enabled=mixed_precision == "bf16"):
                 outputs.append(model(**batch).logits.float().cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(outputs)
 
 
@@ -389,16 +385,12 @@ def embed_texts(
     NumPy array for scikit-learn. Nothing is trained; this is the input of a *linear probe*."""
     enc = encode(tokenizer, texts, max_length)
     device = model_device(encoder)
-    was_training = encoder.training
-    encoder.eval()
     out = []
-    try:
+    with eval_mode(encoder):
         for batch in batches(enc, batch_size):
             batch = {k: v.to(device) for k, v in batch.items()}
             hidden = encoder(**batch).last_hidden_state
             out.append(pool(hidden, batch["attention_mask"], pooling).float().cpu())
-    finally:
-        encoder.train(was_training)
     return torch.cat(out).numpy()
 
 
@@ -598,24 +590,22 @@ def accumulation_gap(model: nn.Module, batch: Mapping[str, torch.Tensor], micro_
     device = model_device(model)
     batch = {k: v.to(device) for k, v in batch.items()}
     params = [p for p in model.parameters() if p.requires_grad]
-    was_training = model.training
-    model.eval()
-    try:
-        model.zero_grad(set_to_none=True)
-        model(**batch).loss.backward()
-        # parameters the loss does not reach (e.g. an unused pooler) have no gradient
-        params = [p for p in params if p.grad is not None]
-        full = [p.grad.detach().clone() for p in params]
-        model.zero_grad(set_to_none=True)
-        step = size // micro_batches
-        for start in range(0, size, step):
-            micro = {k: v[start:start + step] for k, v in batch.items()}
-            (model(**micro).loss / micro_batches).backward()
-        diff = max((p.grad - g).abs().max().item() for p, g in zip(params, full, strict=True))
-        scale = max(g.abs().max().item() for g in full)
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
+    with eval_mode(model):
+        try:
+            model.zero_grad(set_to_none=True)
+            model(**batch).loss.backward()
+            # parameters the loss does not reach (e.g. an unused pooler) have no gradient
+            params = [p for p in params if p.grad is not None]
+            full = [p.grad.detach().clone() for p in params]
+            model.zero_grad(set_to_none=True)
+            step = size // micro_batches
+            for start in range(0, size, step):
+                micro = {k: v[start:start + step] for k, v in batch.items()}
+                (model(**micro).loss / micro_batches).backward()
+            diff = max((p.grad - g).abs().max().item() for p, g in zip(params, full, strict=True))
+            scale = max(g.abs().max().item() for g in full)
+        finally:
+            model.zero_grad(set_to_none=True)
     return {"max_abs_diff": diff, "max_abs_grad": scale, "relative": diff / max(scale, 1e-30)}
 
 

@@ -971,7 +971,7 @@ def answer(model, tokenizer, records: Sequence[Record | Mapping[str, Any]], max_
     already present less likely. Sampling is reproducible from `seed`. Prompts are sorted by
     length and left-padded in batches, so little compute goes to padding.
     """
-    from llm_tutorial.trainer import model_device
+    from llm_tutorial.trainer import eval_mode, model_device
 
     records = _as_records(records)
     _check_decoding(do_sample, temperature, top_k, top_p, repetition_penalty)
@@ -988,25 +988,23 @@ def answer(model, tokenizer, records: Sequence[Record | Mapping[str, Any]], max_
         options.update(temperature=None, top_k=None, top_p=None)
     device = model_device(model)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    was_training = model.training
-    model.eval()
     answers: dict[int, str] = {}
     generator_state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
-        for start in runtime.batch_progress(range(0, len(order), batch_size), desc="generate"):
-            chunk = order[start:start + batch_size]
-            enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True,
-                            add_special_tokens=False)
-            enc = {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
-            out = model.generate(**enc, **options)
-            for i, row in zip(chunk, out, strict=True):
-                answers[i] = tokenizer.decode(row[enc["input_ids"].shape[1]:],
-                                              skip_special_tokens=True).strip()
+        with eval_mode(model):
+            for start in runtime.batch_progress(range(0, len(order), batch_size), desc="generate"):
+                chunk = order[start:start + batch_size]
+                enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True,
+                                add_special_tokens=False)
+                enc = {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
+                out = model.generate(**enc, **options)
+                for i, row in zip(chunk, out, strict=True):
+                    answers[i] = tokenizer.decode(row[enc["input_ids"].shape[1]:],
+                                                  skip_special_tokens=True).strip()
     finally:
         torch.random.set_rng_state(generator_state)
         tokenizer.padding_side = side
-        model.train(was_training)
     return [answers[i] for i in range(len(records))]
 
 

@@ -52,7 +52,7 @@ from torch import nn
 
 from .finetuning import check_texts, encode, pool
 from .pretraining import count_parameters
-from .trainer import TrainConfig, Trainer, model_device
+from .trainer import TrainConfig, Trainer, eval_mode, model_device
 
 __all__ = [
     "DIGIT_WORDS",
@@ -508,12 +508,8 @@ def encode_questions_minilm(encoder: nn.Module, tokenizer, questions: Sequence[s
     questions = check_texts(questions, "questions")
     enc = encode(tokenizer, questions, max_length)
     device = model_device(encoder)
-    was_training = encoder.training
-    encoder.eval()
-    try:
+    with eval_mode(encoder):
         hidden = encoder(**{k: v.to(device) for k, v in enc.items()}).last_hidden_state.float().cpu()
-    finally:
-        encoder.train(was_training)
     mask = enc["attention_mask"].bool()
     return TextFeatures(hidden, mask, pool(hidden, enc["attention_mask"], "mean"))
 
@@ -754,12 +750,8 @@ class VQAModel(nn.Module):
             raise IndexError(f"image indices must be in [0, {len(self.image_features.vectors)})")
         if question_idx.min() < 0 or question_idx.max() >= len(self.questions):
             raise IndexError(f"question indices must be in [0, {len(self.questions)})")
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             logits = self(image_idx.to(self.head_device), question_idx.to(self.head_device))["logits"]
-        finally:
-            self.train(was_training)
         return logits.float().softmax(-1)[:, YES].cpu()
 
 
@@ -1125,7 +1117,8 @@ def imagenet_top_k(network: nn.Module, photos: Sequence[Any], class_names: Seque
         raise ValueError("photos is empty")
     x = torch.stack([imagenet_preprocess(p) for p in photos])
     device = next(network.parameters()).device
-    probs = network.eval()(x.to(device)).float().softmax(-1).cpu()
+    with eval_mode(network):
+        probs = network(x.to(device)).float().softmax(-1).cpu()
     top = probs.topk(k, dim=-1)
     names = [[(class_names[i], float(p)) for p, i in zip(v.tolist(), ix.tolist(), strict=True)]
              for v, ix in zip(top.values, top.indices, strict=True)]

@@ -48,7 +48,13 @@ from torch import nn
 
 from llm_tutorial import finetuning as ft
 from llm_tutorial import instructions, pretraining, runtime
-from llm_tutorial.trainer import TrainConfig, Trainer, model_device, read_safetensors
+from llm_tutorial.trainer import (
+    TrainConfig,
+    Trainer,
+    eval_mode,
+    model_device,
+    read_safetensors,
+)
 
 __all__ = [
     "LoRALinear",
@@ -529,10 +535,8 @@ def forward_latency(model: nn.Module, inputs: Mapping[str, torch.Tensor], repeat
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     device = model_device(model)
     inputs = {k: v.to(device) for k, v in inputs.items()}
-    was_training = model.training
-    model.eval()
     times = []
-    try:
+    with eval_mode(model):
         for i in range(warmup + repeats):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -542,8 +546,6 @@ def forward_latency(model: nn.Module, inputs: Mapping[str, torch.Tensor], repeat
                 torch.cuda.synchronize(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-    finally:
-        model.train(was_training)
     return float(sorted(times)[len(times) // 2])
 
 
@@ -869,17 +871,13 @@ def answer_nll(model: nn.Module, encodings: Mapping[str, torch.Tensor], batch_si
     examples (lower is better; `exp` of it is the answers' perplexity)."""
     wrapper = model if isinstance(model, AnswerOnlyLM) else AnswerOnlyLM(model)
     device = model_device(wrapper)
-    was_training = wrapper.training
-    wrapper.eval()
     total, count = 0.0, 0
-    try:
+    with eval_mode(wrapper):
         for batch in runtime.batch_progress(ft.batches(encodings, batch_size), desc="answer NLL"):
             batch = {k: v.to(device) for k, v in batch.items()}
             n = int((batch["labels"][:, 1:] != -100).sum())
             total += wrapper(**batch).loss.item() * n
             count += n
-    finally:
-        wrapper.train(was_training)
     return total / max(count, 1)
 
 

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .trainer import eval_mode
+
 IGNORE_INDEX = -100  # PyTorch's cross-entropy skips targets equal to this
 
 
@@ -285,8 +287,6 @@ def pseudo_perplexity(model: nn.Module, tokenizer, texts: Sequence[str], max_len
     over every position (a ``BertForMaskedLM`` or :class:`MaskedPositionsMLM`)."""
     if isinstance(texts, str) or not len(texts):
         raise ValueError("texts must be a non-empty list of strings")
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     rows, targets, positions = [], [], []
     for text in texts:
@@ -301,22 +301,22 @@ def pseudo_perplexity(model: nn.Module, tokenizer, texts: Sequence[str], max_len
     if not rows:
         raise ValueError("the texts contain no ordinary tokens to score")
     total = 0.0
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        input_ids = nn.utils.rnn.pad_sequence(chunk, batch_first=True, padding_value=tokenizer.pad_token_id)
-        attention_mask = (nn.utils.rnn.pad_sequence([torch.ones_like(r) for r in chunk], batch_first=True))
-        pos = torch.tensor(positions[start : start + batch_size], device=device)
-        tgt = torch.tensor(targets[start : start + batch_size], device=device)
-        rows_idx = torch.arange(len(chunk), device=device)
-        labels = torch.full(input_ids.shape, IGNORE_INDEX, dtype=torch.long, device=device)
-        labels[rows_idx, pos] = tgt
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                       labels=labels).logits
-        # MaskedPositionsMLM returns logits at the one labelled position per row, (B, V), and
-        # never builds the (B, T, V) tensor; a plain BertForMaskedLM returns (B, T, V)
-        picked = (logits if logits.dim() == 2 else logits[rows_idx, pos]).float().log_softmax(-1)
-        total += float(picked.gather(1, tgt.unsqueeze(1)).sum())
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            input_ids = nn.utils.rnn.pad_sequence(chunk, batch_first=True, padding_value=tokenizer.pad_token_id)
+            attention_mask = (nn.utils.rnn.pad_sequence([torch.ones_like(r) for r in chunk], batch_first=True))
+            pos = torch.tensor(positions[start : start + batch_size], device=device)
+            tgt = torch.tensor(targets[start : start + batch_size], device=device)
+            rows_idx = torch.arange(len(chunk), device=device)
+            labels = torch.full(input_ids.shape, IGNORE_INDEX, dtype=torch.long, device=device)
+            labels[rows_idx, pos] = tgt
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                           labels=labels).logits
+            # MaskedPositionsMLM returns logits at the one labelled position per row, (B, V), and
+            # never builds the (B, T, V) tensor; a plain BertForMaskedLM returns (B, T, V)
+            picked = (logits if logits.dim() == 2 else logits[rows_idx, pos]).float().log_softmax(-1)
+            total += float(picked.gather(1, tgt.unsqueeze(1)).sum())
     return math.exp(-total / len(rows))
 
 
@@ -325,10 +325,10 @@ def fill_mask(model: nn.Module, tokenizer, text: str, top_k: int = 5) -> list[tu
     """Top-``k`` predictions (token, probability) for the first ``[MASK]`` in ``text``."""
     if tokenizer.mask_token not in text:
         raise ValueError(f"text must contain {tokenizer.mask_token}, e.g. 'The {tokenizer.mask_token} rose.'")
-    model.eval()
     enc = tokenizer(text, return_tensors="pt").to(next(model.parameters()).device)
     position = int((enc["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0])
-    logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    with eval_mode(model):
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
     probs = logits[0, position].float().softmax(-1)
     values, ids = probs.topk(top_k)
     return [(tokenizer.convert_ids_to_tokens(int(i)), round(float(v), 4)) for v, i in zip(values, ids, strict=True)]

@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from llm_tutorial import runtime
-from llm_tutorial.trainer import TrainConfig, Trainer, model_device
+from llm_tutorial.trainer import TrainConfig, Trainer, eval_mode, model_device
 
 IGNORE_INDEX = -100  # PyTorch's cross-entropy skips targets equal to this
 ALIGNMENTS = ("first", "all", "naive")
@@ -360,10 +360,8 @@ def predict_word_tags(model, tokenizer, sentences: Sequence[Sequence[str]],
         raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
     if isinstance(sentences, str) or not len(sentences):
         raise ValueError("sentences must be a non-empty list of word lists")
-    was_training = model.training
-    model.eval()
     results = []
-    try:
+    with eval_mode(model):
         for start in runtime.batch_progress(range(0, len(sentences), batch_size), desc="tag"):
             chunk = [list(words) for words in sentences[start:start + batch_size]]
             if any(not words for words in chunk):
@@ -390,8 +388,6 @@ def predict_word_tags(model, tokenizer, sentences: Sequence[Sequence[str]],
                             seen.add(word_id)
                             tags[word_id] = id2label[best[i][position]]
                 results.append(tags)
-    finally:
-        model.train(was_training)
     return results
 
 
@@ -892,9 +888,7 @@ def predict_answers(model, tokenizer, examples: Sequence[QAExample], max_length:
     windows = build_qa_features(tokenizer, examples, max_length, stride, train=False)
     best: list[dict[str, object]] = [{"answer": "", "score": float("-inf"), "start": -1,
                                       "end": -1, "window": -1} for _ in examples]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for first in runtime.batch_progress(range(0, len(windows), batch_size), desc="answer"):
             batch = collate(windows.features[first:first + batch_size], tokenizer.pad_token_id)
             with torch.no_grad():
@@ -912,8 +906,6 @@ def predict_answers(model, tokenizer, examples: Sequence[QAExample], max_length:
                     context = examples[windows.example_index[w]].context
                     current.update(answer=context[start:end], score=span[0], start=start,
                                    end=end, window=w)
-    finally:
-        model.train(was_training)
     return best
 
 

@@ -387,6 +387,26 @@ def model_device(model: nn.Module) -> torch.device:
         ) from None
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for the `with` block, then every submodule back in the mode it had.
+
+    Dropout is off inside the block, so predictions are deterministic. Afterwards each module
+    is restored on its own, even when the block raises. A model that was training goes on
+    training; a frozen part that the caller keeps in eval mode stays there. A plain
+    `model.train(True)` would switch that part back on.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
 def _autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractContextManager:
     """bf16 autocast for `"bf16"`, a do-nothing context for `"no"`."""
     if mixed_precision == "bf16":
@@ -426,30 +446,25 @@ def evaluate(
         raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
     device = model_device(model) if device is None else torch.device(device)
 
-    was_training = model.training
-    model.eval()
     total = torch.zeros((), device=device, dtype=torch.float64)
     weight = torch.zeros((), device=device, dtype=torch.float64)
     n_batches = 0
-    try:
-        with torch.no_grad():
-            for batch in data:
-                if max_batches is not None and n_batches >= max_batches:
-                    break
-                batch = _to_device(batch, device)
-                loss = compute_loss(model, batch).detach().double()
-                labels = batch.get("labels") if isinstance(batch, Mapping) else None
-                if isinstance(labels, torch.Tensor):
-                    w = (labels != IGNORE_INDEX).sum().double()
-                    # A batch with no scored tokens has a NaN loss but contributes nothing.
-                    total += torch.where(w > 0, loss * w, torch.zeros_like(loss))
-                else:
-                    w = torch.ones((), device=device, dtype=torch.float64)
-                    total += loss
-                weight += w
-                n_batches += 1
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for batch in data:
+            if max_batches is not None and n_batches >= max_batches:
+                break
+            batch = _to_device(batch, device)
+            loss = compute_loss(model, batch).detach().double()
+            labels = batch.get("labels") if isinstance(batch, Mapping) else None
+            if isinstance(labels, torch.Tensor):
+                w = (labels != IGNORE_INDEX).sum().double()
+                # A batch with no scored tokens has a NaN loss but contributes nothing.
+                total += torch.where(w > 0, loss * w, torch.zeros_like(loss))
+            else:
+                w = torch.ones((), device=device, dtype=torch.float64)
+                total += loss
+            weight += w
+            n_batches += 1
     if n_batches == 0:
         raise ValueError("the evaluation data yielded no batches; pass a non-empty dataset")
     if weight.item() == 0:
@@ -568,13 +583,8 @@ class Trainer:
             if self.eval_data is not None:
                 metrics["eval_loss"] = evaluate(self.model, self.eval_data, self.device)
             if self.eval_fn is not None:
-                was_training = self.model.training
-                self.model.eval()
-                try:
-                    with torch.no_grad():
-                        extra = self.eval_fn(self.model)
-                finally:
-                    self.model.train(was_training)
+                with eval_mode(self.model), torch.no_grad():
+                    extra = self.eval_fn(self.model)
                 if not isinstance(extra, Mapping):
                     raise TypeError(
                         f"eval_fn must return a dict of metric name -> float, "

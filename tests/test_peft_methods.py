@@ -601,6 +601,9 @@ def test_answer_nll(chat_tokenizer):
     model.train()
     pm.answer_nll(model, enc)
     assert model.training, "answer_nll restores the training mode"
+    model.eval()
+    pm.answer_nll(model, enc)  # the fresh AnswerOnlyLM wrapper starts in training mode
+    assert not any(m.training for m in model.modules()), "and leaves an eval model in eval"
 
 
 def test_generate_answers_every_instruction(chat_tokenizer):

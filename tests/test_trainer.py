@@ -14,6 +14,7 @@ from llm_tutorial.trainer import (
     TrainConfig,
     Trainer,
     compute_loss,
+    eval_mode,
     evaluate,
     load_checkpoint,
     lr_lambda,
@@ -285,6 +286,44 @@ def test_evaluate_weights_batches_by_scored_labels_and_restores_mode():
     model.eval()
     evaluate(model, data)
     assert not model.training
+
+
+def test_eval_mode_turns_dropout_off_and_restores_every_module_mode():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Sequential(nn.Dropout(0.5)))
+    model.train()
+    model[2].eval()  # a frozen part the caller keeps in eval mode
+    x = torch.ones(2, 4)
+    with eval_mode(model) as inside:
+        assert inside is model
+        assert not any(m.training for m in model.modules())
+        assert torch.equal(model(x), model(x))  # no dropout
+    assert model.training and model[0].training and model[1].training
+    assert not model[2].training and not model[2][0].training  # model.train(True) would flip it
+
+
+def test_eval_mode_restores_on_error_and_rejects_non_modules():
+    model = nn.Linear(2, 2).train()
+    with pytest.raises(RuntimeError, match="boom"), eval_mode(model):
+        raise RuntimeError("boom")
+    assert model.training
+    with pytest.raises(TypeError, match="torch.nn.Module"), eval_mode("a model"):
+        pass
+
+
+def test_evaluate_keeps_a_frozen_submodule_in_eval_mode():
+    class Frozen(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = nn.Dropout(0.5)
+            self.head = nn.Linear(1, 1)
+
+        def forward(self, x, y):
+            return nn.functional.mse_loss(self.head(self.encoder(x)), y)
+
+    model = Frozen().train()
+    model.encoder.eval()
+    evaluate(model, [(torch.ones(3, 1), torch.zeros(3, 1))])
+    assert model.training and model.head.training and not model.encoder.training
 
 
 def test_bf16_autocast_on_cpu():
