@@ -245,6 +245,14 @@ def _phrase(rng: random.Random, low: int = 2, high: int = 4) -> list[str]:
     return rng.sample(WORDS, rng.randint(low, high))
 
 
+def _capitalise_words(text: str) -> str:
+    """Each space-separated word with its first letter or digit in upper case; an opening
+    quote or bracket before it is kept: "jowell rejects 'las vegas' jibe" becomes
+    "Jowell Rejects 'Las Vegas' Jibe". The rest of each word is left alone ("low-cost")."""
+    return " ".join(re.sub(r"^(\W*)(\w)", lambda m: m[1] + m[2].upper(), word)
+                    for word in text.split(" "))
+
+
 def _numbers(rng: random.Random, low: int = 4, high: int = 7, top: int = 99) -> list[int]:
     return rng.sample(range(1, top + 1), rng.randint(low, high))
 
@@ -561,8 +569,7 @@ _family("bbc_title_case", "text", [
     "Write this headline in title case: {x}", "Capitalise every word of the headline: {x}",
     "Turn into a title, each word capitalised: {x}", "Title-case this: {x}",
     "Rewrite the headline with a capital letter at the start of each word: {x}"],
-    _bbc_item, lambda v: v[0].lower(),
-    lambda v: " ".join(w[:1].upper() + w[1:] for w in v[0].lower().split(" ")), "exact")
+    _bbc_item, lambda v: v[0].lower(), lambda v: _capitalise_words(v[0].lower()), "exact")
 
 _ENTITIES: dict[str, str | None] = {}  # sentence -> its first spaCy entity (silver label)
 _NLP: list[Any] = []

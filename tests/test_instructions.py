@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -65,6 +66,19 @@ def test_yes_no_families_say_yes_about_half_the_time():
     for family in yes_no:
         answers = [family.solve(family.sample(rng)) for _ in range(2000)]
         assert 0.4 < answers.count("yes") / len(answers) < 0.6, family.name
+
+
+def test_title_case_capitalises_words_that_open_with_a_quote():
+    """A headline word such as 'las (in 'las vegas') starts with its first letter, not the quote."""
+    family, rng = ins.get_family("bbc_title_case"), random.Random(0)
+    quoted = 0
+    for _ in range(2000):
+        for word in family.solve(family.sample(rng)).split(" "):
+            first = re.search(r"\w", word)
+            assert first is None or not first[0].islower(), word
+            quoted += word[:1] in "'\""
+    assert quoted > 10  # the headlines hold such words, so the check above is not empty
+    assert ins._capitalise_words("jowell rejects 'las vegas' jibe") == "Jowell Rejects 'Las Vegas' Jibe"
 
 
 @pytest.mark.parametrize("name", ["add", "sort_numbers", "kv_to_json", "weekday_after", "leap_year"])
