@@ -51,6 +51,7 @@ __all__ = [
     "make_scheduler",
     "compute_loss",
     "evaluate",
+    "eval_mode",
     "model_device",
     "Trainer",
     "train",
