@@ -59,6 +59,7 @@ BUDGET_WALL_S = 150.0
 BUDGET_RSS_MB = 2048.0
 DEFAULT_BENCH_OUT = REPO_ROOT / "docs" / "results" / "notebooks.md"
 LOG_TAIL_CHARS = 4000
+KEEP_MARKER = "<!-- kept by make bench -->"
 
 # Notebook- and cell-level metadata keys that change on every execution.
 VOLATILE_NOTEBOOK_METADATA = ("papermill", "widgets", "execution")
@@ -214,6 +215,9 @@ def execute_notebook(
     if progress:
         child_env[PROGRESS_ENV] = progress
     child_env.setdefault("PYTHONUNBUFFERED", "1")
+    # idle OpenMP threads sleep rather than spin: same results, and no cores stolen from the
+    # work on a busy machine (the Makefile exports the same for every kernel it starts)
+    child_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     cmd = [
         sys.executable, "-m", "papermill", str(source), str(output),
         "--kernel", KERNEL_NAME,
@@ -560,10 +564,18 @@ def bench_notebooks(
                 _print_result("bench", source, result)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        format_bench_table(results, machine, command="make bench"), encoding="utf-8"
-    )
+    table = format_bench_table(results, machine, command="make bench")
+    out.write_text(table + kept_notes(out), encoding="utf-8")
     return results
+
+
+def kept_notes(path: Path) -> str:
+    """What follows ``KEEP_MARKER`` in ``path`` (marker included), else ``""``: hand-written
+    records below the generated table (which CPUs ran nbval, and with what result) that a new
+    ``make bench`` must not erase."""
+    text = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else ""
+    at = text.find(KEEP_MARKER)
+    return "" if at < 0 else "\n" + text[at:]
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -5,7 +5,9 @@ Every notebook starts by asking three questions:
 1. **Which profile?** ``smoke`` is small, CPU-only and deterministic: it is what CI runs and
    what the committed notebook outputs show. ``full`` uses a GPU, more data and more steps,
    and reaches the quality numbers the course quotes. The same code runs in both; only the
-   sizes differ.
+   sizes differ. (Deterministic on one machine: another CPU's kernels round the last digits
+   of a float sum differently, so cells tagged ``cpu-dependent`` assert their claims rather
+   than print digits every CPU reproduces; see the README.)
 2. **Which device?** CUDA if present, then Apple's MPS, then the CPU.
 3. **Which seed?** :func:`seed_everything` seeds Python, NumPy and PyTorch and switches PyTorch
    to deterministic algorithms, so that two runs print the same numbers.
@@ -85,6 +87,8 @@ def seed_everything(seed: int = 0, deterministic: bool = True,
     ``SMOKE_THREADS``: a float sum split over a different number of threads rounds differently,
     and after a few hundred training steps those last bits show in the printed losses. With the
     count fixed, the committed outputs do not depend on ``OMP_NUM_THREADS`` or the core count.
+    Two threads on a busy machine are only fast if they sleep while they wait: ``make`` and
+    Binder start kernels with ``OMP_WAIT_POLICY=PASSIVE`` (it must be set before PyTorch loads).
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")

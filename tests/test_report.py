@@ -23,6 +23,7 @@ print("profile:", PROFILE or os.environ.get("LLM_TUTORIAL_PROFILE"))
 print("python:", sys.executable)
 print("cwd:", os.getcwd())
 print("omp:", os.environ.get("OMP_NUM_THREADS"))
+print("omp wait:", os.environ.get("OMP_WAIT_POLICY"))
 print("progress:", os.environ.get("LLM_TUTORIAL_PROGRESS"))
 """
 
@@ -119,6 +120,22 @@ def test_format_bench_table():
     assert "`make bench`" in text
 
 
+def test_bench_keeps_the_notes_below_its_marker(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "execute_notebook", lambda source, output, **kw: report.NotebookResult(
+        name=Path(source).stem, source=Path(source), output=None, title="t", ok=True, wall_s=1.0,
+        peak_rss_mb=100.0))  # fmt: skip
+    out = tmp_path / "notebooks.md"
+    notes = f"{report.KEEP_MARKER}\n## Other CPUs\n\nnbval green on Some CPU.\n"
+    out.write_text("# an old table\n\n| `00_a` | 99.0 |\n\n" + notes, encoding="utf-8")
+    report.bench_notebooks([tmp_path / "00_a.ipynb"], out, echo=False)
+    text = out.read_text(encoding="utf-8")
+    assert "| `00_a` | 1.0 | 100 | yes |" in text and "99.0" not in text
+    assert text.endswith("\n" + notes)
+    out.unlink()
+    report.bench_notebooks([tmp_path / "00_a.ipynb"], out, echo=False)
+    assert report.KEEP_MARKER not in out.read_text(encoding="utf-8")
+
+
 def test_machine_description_names_the_gpu_when_there_is_one(monkeypatch):
     import torch
 
@@ -180,7 +197,8 @@ def test_sanitize_config_only_hides_volatile_text():
 # ----------------------------------------------------------------------------- executing notebooks
 
 
-def test_run_executes_in_this_environment_measures_and_indexes(tmp_path):
+def test_run_executes_in_this_environment_measures_and_indexes(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)  # make exports it; report sets it too
     loop = "from llm_tutorial import runtime\nfor _ in runtime.progress(range(3), desc='a long loop'):\n    pass"
     ok = make_notebook(tmp_path / "nb" / "00_ok.ipynb", PRINT_ENVIRONMENT,
                        "import torch\nprint('torch', torch.__version__)", loop, title="All good")  # fmt: skip
@@ -196,6 +214,7 @@ def test_run_executes_in_this_environment_measures_and_indexes(tmp_path):
     assert "profile: smoke" in text  # PROFILE injected by papermill
     assert f"python: {sys.executable}" in text  # the kernel is this environment's interpreter
     assert f"cwd: {ok.parent}" in text  # started in the notebook's folder
+    assert "omp wait: PASSIVE" in text  # idle OpenMP threads sleep: no spinning on a busy machine
     assert "progress: text" in text  # progress bars as text, copied into the log:
     assert re.search(r"a long loop: 100%\|.+\| 3/3", (out / "00_ok.log").read_text(encoding="utf-8"))
     # importing torch costs well over 200 MB: the kernel (papermill's child, our grandchild) is measured
