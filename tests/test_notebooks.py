@@ -74,6 +74,39 @@ def test_one_explorer_cell_tagged_widget(notebook):
     )
 
 
+# Why nbval may skip comparing a cell's output: wall-clock timings, a description of this machine,
+# or results whose digits depend on the CPU's kernel path (a trained model's metrics: a float sum
+# rounds differently with AVX-512 than with AVX2, and a few hundred training steps carry that into
+# the third decimal). `make repro` runs nbval on another kernel path to keep this list honest.
+IGNORE_REASONS = ("timing", "environment", "cpu-dependent")
+
+
+def _output_text(cell) -> str:
+    return "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in cell.get("outputs", []))
+
+
+def test_every_cell_nbval_does_not_compare_says_why(notebook):
+    path, nb = notebook
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        tags = cell.metadata.get("tags", [])
+        assert "nbval-skip" not in tags, f"{path.name} code cell {i}: every cell runs under nbval"
+        reasons = [t for t in tags if t in IGNORE_REASONS]
+        if "nbval-ignore-output" in tags:
+            assert len(reasons) == 1, f"{path.name} code cell {i}: tag one reason of {IGNORE_REASONS}"
+        else:
+            assert not reasons, f"{path.name} code cell {i}: {reasons} without nbval-ignore-output"
+
+
+def test_cpu_dependent_cells_assert_their_claims(notebook):
+    """nbval does not compare a cpu-dependent cell's text, so the cell itself must check what the
+    lesson claims (with a margin that any CPU clears) and say so in a checked ': OK' line."""
+    path, nb = notebook
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        if "cpu-dependent" in cell.metadata.get("tags", []):
+            assert re.search(r"^\s*assert ", cell.source, flags=re.M), f"{path.name} code cell {i}: no assert"
+            assert re.search(r": OK\b", _output_text(cell)), f"{path.name} code cell {i}: no ': OK' line"
+
+
 def test_committed_goldens_are_complete_and_free_of_volatile_metadata(notebook):
     """What `make goldens` commits: every code cell executed (in order, from 1), and no
     timestamps, widget state or kernel version that would change on every run."""

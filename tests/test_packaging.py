@@ -25,7 +25,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVIRONMENT_FILES = [ROOT / "environment.yml", ROOT / "binder" / "environment.yml"]
-MAKE_TARGETS = ("setup", "run", "site", "test", "browser", "goldens", "lint", "bench")
+MAKE_TARGETS = ("setup", "run", "site", "test", "repro", "browser", "goldens", "lint", "bench")
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +184,48 @@ def test_makefile_has_targets():
     assert not missing, f"Makefile lacks targets {sorted(missing)}"
     phony = " ".join(re.findall(r"^\.PHONY\s*:(.*)$", makefile, flags=re.M)).split()
     assert set(MAKE_TARGETS) <= set(phony)
+
+
+# the same floats, hashed: a reduction, a softmax and a matrix product (PyTorch's CPU kernels)
+FLOAT_PATHS = """
+import hashlib, torch
+torch.manual_seed(0)
+x = torch.randn(512, 384)
+out = torch.cat([x.sum(0), x.log_softmax(-1).flatten(), (x @ x.T).flatten()])
+print(torch.backends.cpu.get_cpu_capability(), hashlib.sha256(out.numpy().tobytes()).hexdigest())
+"""
+
+
+def test_make_test_runs_nbval_again_on_another_cpu_kernel_path():
+    """`make repro` (part of `make test`) is nbval with PyTorch forced onto another kernel path;
+    it proves something only if that path really computes other last digits than this CPU's."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    test_recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", makefile, flags=re.M).group(1)
+    assert "$(NBVAL) notebooks/" in test_recipe and "$(MAKE) --no-print-directory repro" in test_recipe
+    repro_recipe = re.search(r"^repro:.*\n((?:\t.*\n)+)", makefile, flags=re.M).group(1)
+    assert "$(OTHER_KERNEL_PATH)" in repro_recipe and "ATEN_CPU_CAPABILITY=$$path $(NBVAL) notebooks/" in repro_recipe
+    (choose,) = re.findall(r'^OTHER_KERNEL_PATH = \$\(PY\) -c "(.+)"$', makefile, flags=re.M)
+    base_env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    other_path = subprocess.run([sys.executable, "-c", choose], env=base_env, capture_output=True, text=True,
+                                check=True).stdout.strip()
+
+    def run(extra: dict[str, str]) -> tuple[str, str]:
+        out = subprocess.run([sys.executable, "-c", FLOAT_PATHS], env=base_env | extra, capture_output=True,
+                             text=True, check=True).stdout.split()
+        return out[0], out[1]
+
+    native, other = run({}), run({"ATEN_CPU_CAPABILITY": other_path})
+    if native[0] == "DEFAULT":
+        pytest.skip("this CPU already runs PyTorch's default kernels: there is no other path")
+    assert other[0] == other_path.upper() != native[0] and other[1] != native[1], (native, other)
+
+
+def test_openmp_threads_sleep_when_idle():
+    """Busy machines: spinning OpenMP threads steal the cores; make and Binder set the wait policy."""
+    assert re.search(r"^export OMP_WAIT_POLICY \?= PASSIVE$", (ROOT / "Makefile").read_text(), flags=re.M)
+    start = ROOT / "binder" / "start"
+    assert os.access(start, os.X_OK) and "export OMP_WAIT_POLICY=PASSIVE" in start.read_text()
+    assert start.read_text().rstrip().endswith('exec "$@"'), "binder/start must hand over to Jupyter"
 
 
 def test_ci_runs_make_test():
