@@ -32,12 +32,9 @@ NBVAL = LLM_TUTORIAL_PROFILE=smoke LLM_TUTORIAL_PROGRESS=auto $(PY) -m pytest -q
 # also changes matrix products, but makes the notebooks about 1.7x slower.)
 OTHER_KERNEL_PATH = $(PY) -c "import torch; print('avx2' if torch.backends.cpu.get_cpu_capability() == 'AVX512' else 'default')"
 
-# OpenMP threads that wait for work sleep instead of spinning: on a busy or shared machine (CI
-# beside another job, Binder, two notebooks at once) spinning threads steal the cores the work
-# needs (a MiniLM step: 6.7 s instead of 2.2 s beside two busy processes). Results are the
-# same: it changes how threads wait, not how work is split. Read when PyTorch loads, so it is
-# set here, for every kernel that make starts.
-export OMP_WAIT_POLICY ?= PASSIVE
+# OMP_WAIT_POLICY is left at libgomp's default (waiting threads spin): on an idle machine, as in
+# CI, PASSIVE made SmolLM2's generation about 1.5x slower (docs/results/notebooks.md, Threads).
+# On a busy machine export OMP_WAIT_POLICY=PASSIVE yourself; it changes no number.
 
 .PHONY: help setup run site test repro browser goldens lint bench clean
 

@@ -215,9 +215,6 @@ def execute_notebook(
     if progress:
         child_env[PROGRESS_ENV] = progress
     child_env.setdefault("PYTHONUNBUFFERED", "1")
-    # idle OpenMP threads sleep rather than spin: same results, and no cores stolen from the
-    # work on a busy machine (the Makefile exports the same for every kernel it starts)
-    child_env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     cmd = [
         sys.executable, "-m", "papermill", str(source), str(output),
         "--kernel", KERNEL_NAME,

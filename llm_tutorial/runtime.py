@@ -87,8 +87,9 @@ def seed_everything(seed: int = 0, deterministic: bool = True,
     ``SMOKE_THREADS``: a float sum split over a different number of threads rounds differently,
     and after a few hundred training steps those last bits show in the printed losses. With the
     count fixed, the committed outputs do not depend on ``OMP_NUM_THREADS`` or the core count.
-    Two threads on a busy machine are only fast if they sleep while they wait: ``make`` and
-    Binder start kernels with ``OMP_WAIT_POLICY=PASSIVE`` (it must be set before PyTorch loads).
+    On a busy machine two threads are only fast if they sleep while they wait: start Jupyter
+    with ``OMP_WAIT_POLICY=PASSIVE`` (read when PyTorch loads; on an idle machine it slows
+    generation, so it is not the default).
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")

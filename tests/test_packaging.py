@@ -220,14 +220,6 @@ def test_make_test_runs_nbval_again_on_another_cpu_kernel_path():
     assert other[0] == other_path.upper() != native[0] and other[1] != native[1], (native, other)
 
 
-def test_openmp_threads_sleep_when_idle():
-    """Busy machines: spinning OpenMP threads steal the cores; make and Binder set the wait policy."""
-    assert re.search(r"^export OMP_WAIT_POLICY \?= PASSIVE$", (ROOT / "Makefile").read_text(), flags=re.M)
-    start = ROOT / "binder" / "start"
-    assert os.access(start, os.X_OK) and "export OMP_WAIT_POLICY=PASSIVE" in start.read_text()
-    assert start.read_text().rstrip().endswith('exec "$@"'), "binder/start must hand over to Jupyter"
-
-
 def test_ci_runs_make_test():
     ci = ROOT / ".ci" / "run"
     assert ci.is_file() and os.access(ci, os.X_OK), ".ci/run must exist and be executable"
