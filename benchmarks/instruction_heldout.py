@@ -1,7 +1,7 @@
 """
 # Instruction tuning: how far does LoRA SFT carry to held-out families?
 
-Sections 4 and 5 of notebook 06 with the `full` profile's sizes, as a script, so that the
+Sections 4 and 5 of notebook 07 with the `full` profile's sizes, as a script, so that the
 before/after exact match (and its per-family breakdown) can be measured for other training
 lengths, learning rates, LoRA targets or held-out sets without the rest of the notebook:
 SmolLM2-135M-Instruct, the notebook's mixture (`ins.sft_mixture`: generated records from the
@@ -12,7 +12,7 @@ three evaluation splits scored by their verifiers (`ins.evaluate_splits`).
     python benchmarks/instruction_heldout.py --steps 900     # three times longer
     python benchmarks/instruction_heldout.py --no-mask       # the loss on the prompt too
     python benchmarks/instruction_heldout.py --split-seed 1  # another set of held-out families
-    python benchmarks/instruction_heldout.py --csv outputs/06_heldout   # keep every answer
+    python benchmarks/instruction_heldout.py --csv outputs/07_heldout   # keep every answer
 
 On a 2-core CPU: about 2 s per step (300 steps: 10 minutes) and 50 s per evaluation of the
 three splits. Results: docs/results/instruction_tuning.md.

@@ -1,7 +1,7 @@
 """
 # Does MiniLM classify BBC News better when it reads the whole article?
 
-Section 2 of notebook 03 with the `full` profile's recipe (linear probe, then fine-tuning:
+Section 2 of notebook 04 with the `full` profile's recipe (linear probe, then fine-tuning:
 300 steps of 16 articles at lr 2e-5, max_length 512), repeated over seeds, compared with the
 same recipe on *sliding windows*: `ft.encode_windows` cuts each article into 512-token windows
 that overlap by 128 tokens, and `ft.document_logits` averages the windows' logits per article.
@@ -16,7 +16,7 @@ mean and standard deviation over seeds, the errors of each, and the TF-IDF basel
     python benchmarks/long_articles.py                  # GPU: about 3 minutes
     python benchmarks/long_articles.py --seeds 0 --steps 4 --train-per-class 8   # a quick check
 
-Results: docs/results/03_finetuning.md.
+Results: docs/results/04_finetuning.md.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ writes a script that runs the same code cells in order, with these changes:
 * each cell's wall time is printed, so the log shows where the time goes, and at the end the
   peak GPU memory PyTorch allocated (when there is a GPU).
 
-    python benchmarks/notebook_to_script.py notebooks/03_finetuning_classification.ipynb out.py
+    python benchmarks/notebook_to_script.py notebooks/04_finetuning_classification.ipynb out.py
     LLM_TUTORIAL_PROFILE=full python out.py
 """
 

@@ -1,7 +1,7 @@
 """
 # How closely can MiniLM imitate spaCy's entities?
 
-Section 5 of notebook 04 with the `full` profile's sizes, as a script, so that the silver
+Section 5 of notebook 05 with the `full` profile's sizes, as a script, so that the silver
 agreement can be measured (and the case channel ablated) without running the rest of the
 notebook: spaCy's `en_core_web_sm` labels sentences of the BBC training and test articles,
 MiniLM (uncased, word embeddings frozen, optionally with `tc.CaseChannel`) learns the six types
@@ -14,7 +14,7 @@ disagreements to a CSV file to read.
     python benchmarks/silver_agreement.py --no-case-channel   # the ablation
 
 About 5 minutes per run on an H100 (and 2 of spaCy on the CPU, once with `--cache`); on a
-2-core CPU about 20 minutes per 1,000 steps. Results: docs/results/04_token_classification.md.
+2-core CPU about 20 minutes per 1,000 steps. Results: docs/results/05_token_classification.md.
 """
 
 from __future__ import annotations

@@ -270,7 +270,7 @@ def load_spacy_ner(components: tuple[str, ...] = ("tok2vec", "ner")):
     """Load spaCy's small English pipeline with only ``components`` enabled (default: the NER).
 
     The course uses it offline as a *silver* annotator: its entities on BBC News become
-    training and evaluation labels (notebook 04). Loading takes about 2 s.
+    training and evaluation labels (notebook 05). Loading takes about 2 s.
     """
     if isinstance(components, str) or not all(isinstance(c, str) for c in components):
         raise TypeError("components must be a tuple of pipe names, e.g. ('tok2vec', 'ner')")

@@ -2,7 +2,7 @@
 # Evaluation: a report card with error bars
 
 A single accuracy number hides most of what we need to know about a model. This module holds
-the pieces of notebook 08's report card, each small enough to read in one sitting:
+the pieces of notebook 10's report card, each small enough to read in one sitting:
 
 * **classification metrics** written out by hand (accuracy, confusion matrix, per-class
   precision/recall/F1, macro-F1), with **bootstrap confidence intervals** and two **paired
@@ -176,8 +176,8 @@ class SentenceTopics:
 def sentence_topics(n_train: int, n_val: int, n_test: int, seed: int = 0, min_words: int = 8,
                     max_words: int = 40) -> SentenceTopics:
     """
-    A harder, evaluation-friendly version of notebook 03's task: classify one *sentence* of a
-    BBC article by the article's topic. Articles are split 80/20 (notebook 03's split); the
+    A harder, evaluation-friendly version of notebook 04's task: classify one *sentence* of a
+    BBC article by the article's topic. Articles are split 80/20 (notebook 04's split); the
     last 15% of the training articles give the validation sentences. Sentences of
     `min_words`..`max_words` words are drawn without replacement (seeded). Headlines are skipped.
     """
@@ -510,7 +510,7 @@ def perturb(text: str, kind: str, strength: float, seed: int = 0) -> str:
     A seeded perturbation of `text` that leaves its meaning (its topic) intact:
 
     * `char_noise`: each word of ≥ 3 letters gets, with probability `strength`, one keyboard
-      slip (notebook 03's `add_typos`);
+      slip (notebook 04's `add_typos`);
     * `word_dropout`: each word is deleted with probability `strength` (at least one stays);
     * `casing`: each word is upper-, lower-, title- or swap-cased with probability `strength`;
     * `paraphrase`: each word with an entry in `SYNONYMS` is replaced with probability
@@ -798,7 +798,7 @@ def rouge_l(prediction: str, reference: str) -> float:
 def entity_prf(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]
                ) -> dict[str, float]:
     """Entity-level micro precision, recall and F1 over BIO-tagged sentences: an entity counts
-    only if its type and both boundaries match (conlleval rules, notebook 04's `bio_to_spans`)."""
+    only if its type and both boundaries match (conlleval rules, notebook 05's `bio_to_spans`)."""
     from llm_tutorial.token_classification import bio_to_spans
 
     if isinstance(true_tags, str) or isinstance(pred_tags, str) or len(true_tags) != len(pred_tags):

@@ -8,11 +8,11 @@ cross-entropy:
 
 $$\\mathcal{L} = -\\log \\operatorname{softmax}(W\\,\\operatorname{pool}(h_1, \\dots, h_T) + b)_y$$
 
-Compare the generation head of notebook 02: there the linear layer maps *every* position to
+Compare the generation head of notebook 03: there the linear layer maps *every* position to
 the whole vocabulary and the loss is the negative log-likelihood of each next token. A
 classification head is the same idea with one position and five "words".
 
-This module holds what notebook 03 needs around that head: encoding and batching texts,
+This module holds what notebook 04 needs around that head: encoding and batching texts,
 the classifier itself (with optional adversarial training on the embeddings), prediction,
 the classical baselines it must beat (TF-IDF and a linear probe on frozen embeddings),
 few-shot subsets, text augmentation and typo noise, a numerical check of gradient
@@ -259,7 +259,7 @@ def encode_windows(
     `encode` keeps the first `max_length` tokens and drops the rest: about 38% of BBC articles
     are longer than MiniLM's 512 positions. Here each text is cut into *windows* of
     `max_length` tokens that overlap by `stride` tokens (the same sliding window as extractive
-    QA in notebook 04), so every token is in at least one window. With window length $m$ and
+    QA in notebook 05), so every token is in at least one window. With window length $m$ and
     stride $s$, a text of $T > s$ tokens (not counting `[CLS]` and `[SEP]`, which take two
     positions of each window) gives $\\lceil (T - s) / (m - 2 - s) \\rceil$ windows.
 
@@ -288,7 +288,7 @@ def encode_windows(
 def document_logits(window_logits: torch.Tensor, doc: torch.Tensor) -> torch.Tensor:
     """One row of logits per text: the mean of its windows' logits (`doc` from `encode_windows`).
 
-    Every part of the text votes, each window with the same weight; notebook 03 measures
+    Every part of the text votes, each window with the same weight; notebook 04 measures
     whether that beats reading only the first window.
     """
     window_logits, doc = torch.as_tensor(window_logits), torch.as_tensor(doc).long()

@@ -24,7 +24,7 @@ pairs into JSON, refuse an impossible request, ...). It has
 model's chat template (`render_chat`) or the Alpaca format (`render_alpaca`), and the course's
 vendored 1,100 Alpaca-style instructions load into the same `Record` type.
 
-The second half of the module tunes a model on them (notebook 06):
+The second half of the module tunes a model on them (notebook 07):
 
 * `encode_sft` tokenises records with the prompt masked out of the loss, cutting over-long
   inputs from the left and never the answer; `pad` and `pack` lay examples out in batches
@@ -273,7 +273,7 @@ def _fmt(x: float) -> str:
 # letter is missing from a five-letter word 71% of the time: a model that says "no" to every
 # question would then look skilled (`family_breakdown` shows it). Both samplers draw the same
 # random numbers as the uniform ones did, so a stream keeps every other family's records until a
-# balanced record repeats an earlier one and the stream draws again (notebook 06's evaluation
+# balanced record repeats an earlier one and the stream draws again (notebook 07's evaluation
 # sets keep them all; its 2,700-record training stream, the first 1,661).
 
 def _year(rng: random.Random) -> int:
@@ -1077,7 +1077,7 @@ def exact_match(model, tokenizer, records: Sequence[Record], max_new_tokens: int
 
 def evaluation_splits(train_families: Sequence[str], heldout_families: Sequence[str], n: int,
                       seed: int = 101) -> dict[str, list[Record]]:
-    """The three evaluation sets of notebook 06, `n` records each, each drawn with its own
+    """The three evaluation sets of notebook 07, `n` records each, each drawn with its own
     seed (`seed`, `seed + 1`, `seed + 2`) so that none repeats the training stream (seed 0):
     new inputs of the training families in their training wordings, the same families in
     their held-out wording, and the held-out families in any wording."""
@@ -1157,7 +1157,7 @@ def tune(model, tokenizer, records: Sequence[Record | Mapping[str, Any]], steps:
          packing: bool = True, max_length: int = 256, seed: int = 0, desc: str = "SFT",
          progress: bool = True) -> pd.DataFrame:
     """
-    LoRA supervised fine-tuning (notebook 05's `inject_lora`, the course's `Trainer`, the loss
+    LoRA supervised fine-tuning (notebook 06's `inject_lora`, the course's `Trainer`, the loss
     on answer positions only via `AnswerOnlyLM`): freeze `model`, inject a fresh LoRA (seeded),
     and train for `steps` optimizer steps on `records`. With `packing`, a batch is `batch_size`
     rows of `max_length` tokens; without, `batch_size` padded examples. Returns the training

@@ -632,7 +632,7 @@ BERT_ALL_LINEAR = ("query", "key", "value", "attention.output.dense", "intermedi
 def standard_methods(lora_ranks: Sequence[int] = (1, 4, 8, 16),
                      all_linear_ranks: Sequence[int] = (8,), bottleneck: int = 32
                      ) -> dict[str, Method]:
-    """The methods of notebook 05, with learning rates that work for MiniLM on short texts:
+    """The methods of notebook 06, with learning rates that work for MiniLM on short texts:
     full fine-tuning, a linear probe (head only), LoRA at each of `lora_ranks` on the query
     and value projections (alpha = 2r, as in the LoRA paper), LoRA at each of
     `all_linear_ranks` on every linear layer (as QLoRA recommends), Houlsby and Pfeiffer
@@ -801,7 +801,7 @@ def encode_chat_sft(
     `output`): the prompt through the chat template, then the answer and the end-of-turn
     token. `labels` are the token ids with every prompt and padding position set to -100, so
     the loss is the answer's negative log-likelihood only. Right-padded to the longest
-    example; examples longer than `max_length` are cut at the end. (Notebook 06's
+    example; examples longer than `max_length` are cut at the end. (Notebook 07's
     `instructions.encode_sft` is the full version: it cuts the input from the left and never
     the answer, and its examples can be packed.)
     """
@@ -885,7 +885,7 @@ def answer_nll(model: nn.Module, encodings: Mapping[str, torch.Tensor], batch_si
 def generate(model: nn.Module, tokenizer, instructions: Sequence[str], max_new_tokens: int = 32
              ) -> list[str]:
     """Greedy answers of a chat model to `instructions`, generated as one left-padded batch
-    (notebook 06's `instructions.answer`, which also samples, on records without an input)."""
+    (notebook 07's `instructions.answer`, which also samples, on records without an input)."""
     from llm_tutorial import instructions as ins  # the parameter shadows the module's name
 
     if isinstance(instructions, str) or not instructions:

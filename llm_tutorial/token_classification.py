@@ -497,7 +497,7 @@ def train_tagger(tokenizer, sentences: Sequence[tuple[Sequence[str], Sequence[st
                  seed: int = 0, device=None, profile: str | None = None, desc: str = "NER"):
     """Train a MiniLM tagger on ``(words, tags)`` sentences; return ``(model, history)``.
 
-    Notebook 04's recipe in one call: encode once (tags aligned to sub-words by
+    Notebook 05's recipe in one call: encode once (tags aligned to sub-words by
     ``alignment``; word shapes too when ``case_channel``), seed, build
     ``token_classifier(labels)`` (word embeddings frozen), then run the course trainer for
     ``steps`` shuffled batches of ``batch_size`` with AdamW, 10% warm-up and linear decay.

@@ -1,4 +1,4 @@
-"""Tiny offline stand-ins for a chat LM, shared by the tests of notebooks 05 and 06: a
+"""Tiny offline stand-ins for a chat LM, shared by the tests of notebooks 06 and 07: a
 word-level tokenizer with a ChatML template, and a 2-layer random Llama sized to it."""
 
 from __future__ import annotations

@@ -55,14 +55,14 @@ CHROMIUM_ARGS = [
 INTERACTIONS: dict[str, list[tuple[str, str, object]]] = {
     "00": [("select", "select", 1)],
     "01": [("fill", "input[type=text]", "Antidisestablishmentarianism, tokenised 🙂")],
-    "02": [("fill", "input[type=text]", "the [MASK] won the cup final on sunday.")],
-    "03": [("fill", "input[type=text]", "The striker scored twice in the cup final.")],
-    "04": [("fill", "input[type=text]", "Taylor Swift played Madison Square Garden in New York")],
-    "05": [("press", ".widget-slider .noUi-handle", ("ArrowRight", 4))],
-    "06": [("fill", "textarea", "Write the word dog in capital letters."),
+    "03": [("fill", "input[type=text]", "the [MASK] won the cup final on sunday.")],
+    "04": [("fill", "input[type=text]", "The striker scored twice in the cup final.")],
+    "05": [("fill", "input[type=text]", "Taylor Swift played Madison Square Garden in New York")],
+    "06": [("press", ".widget-slider .noUi-handle", ("ArrowRight", 4))],
+    "07": [("fill", "textarea", "Write the word dog in capital letters."),
            ("click", "button", None)],  # fmt: skip
-    "07": [("select", "select", 5)],
-    "08": [("press", ".widget-slider .noUi-handle", ("ArrowRight", 3))],
+    "09": [("select", "select", 5)],
+    "10": [("press", ".widget-slider .noUi-handle", ("ArrowRight", 3))],
 }
 
 # What an explorer shows: Output widgets, HTML widgets and images.

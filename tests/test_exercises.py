@@ -47,25 +47,25 @@ def test_placeholders_and_crashing_answers_give_feedback(key, capsys):
 
 
 def test_check_prints_success(capsys):
-    key = "02.expected-masks"
+    key = "03.expected-masks"
     assert exercises.check(key, exercises.get(key).reference_answer()) is None
     assert capsys.readouterr().out.strip() == f"✅ {key}: correct."
 
 
 def test_show_solution_prints_source(capsys):
-    exercises.show_solution("02.clm-shift")
+    exercises.show_solution("03.clm-shift")
     out = capsys.readouterr().out
     assert "def shift_solution" in out and "input_ids[:, 1:]" in out
 
 
 def test_unknown_key_lists_known_ones():
-    with pytest.raises(KeyError, match="02.mlm-loss"):
+    with pytest.raises(KeyError, match="03.mlm-loss"):
         exercises.get("99.nope")
 
 
 def test_duplicate_registration_is_refused():
     with pytest.raises(ValueError, match="twice"):
-        exercises.exercise("02.mlm-loss", "again", lambda answer: None, wrong_answer=0)(lambda: 0)
+        exercises.exercise("03.mlm-loss", "again", lambda answer: None, wrong_answer=0)(lambda: 0)
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)

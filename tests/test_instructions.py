@@ -279,12 +279,12 @@ def test_pad_and_pack_lay_out_the_same_tokens(tok):
 
 
 def test_pack_makes_as_many_rows_as_the_exercise_says():
-    from llm_tutorial.exercises import ch06
+    from llm_tutorial.exercises import ch07
 
     examples = [ins.Example(tuple(range(1, n + 1)), (-100,) + tuple(range(2, n + 1)))
-                for n in ch06.PACK_LENGTHS]
-    rows = ins.pack(examples, ch06.PACK_ROW, 0)["input_ids"].shape[0]
-    assert rows == ch06.pack_rows_solution() == 5
+                for n in ch07.PACK_LENGTHS]
+    rows = ins.pack(examples, ch07.PACK_ROW, 0)["input_ids"].shape[0]
+    assert rows == ch07.pack_rows_solution() == 5
 
 
 def test_packing_gives_the_padded_loss(tok):

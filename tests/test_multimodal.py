@@ -1,4 +1,4 @@
-"""Tests for `llm_tutorial.multimodal` (notebook 07): the balanced task, encoders, fusion, CLIP."""
+"""Tests for `llm_tutorial.multimodal` (notebook 09): the balanced task, encoders, fusion, CLIP."""
 
 from __future__ import annotations
 

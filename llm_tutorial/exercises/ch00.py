@@ -77,7 +77,7 @@ _COSINE_MISTAKES = (
      "after max_steps your rate rises again (the cosine comes back up): clamp progress at 1 "
      "with min(1.0, ...), so the rate stays at 0"),
     (_with_warmup(lambda s, t, w: 1.0 - _progress(s, t, w)),
-     "that is the linear decay (notebook 03's schedule); the cosine one is "
+     "that is the linear decay (notebook 04's schedule); the cosine one is "
      "(1 + cos(pi * progress)) / 2"),
     (_with_warmup(lambda s, t, w: math.cos(math.pi / 2 * _progress(s, t, w))),
      "that is a quarter cosine, cos(pi / 2 * progress); the course uses half a period, shifted "

@@ -1,107 +1,98 @@
-"""Exercises for notebook 03 · Fine-tuning for classification.
+"""Exercises for notebook 03 · Pretraining objectives.
 
-* ``03.mean-pool``: mean pooling that ignores padding.
-* ``03.warmup-lr``: the learning rate of linear warm-up followed by linear decay.
-* ``03.precision-recall``: precision and recall of one class, from a confusion matrix.
+* ``03.mlm-loss``: write the masked-LM loss from log-softmax and gather.
+* ``03.clm-shift``: build the (inputs, targets) pair of causal language modelling.
+* ``03.expected-masks``: how many tokens does BERT's rule turn into ``[MASK]``?
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 
 from llm_tutorial.exercises import exercise
-from llm_tutorial.trainer import lr_lambda
 
 
-def _pool_inputs() -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(3)
-    hidden = torch.randn(3, 5, 4, generator=generator)
-    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
-    return hidden, mask
+def _fixed_logits_and_labels() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(7)
+    logits = torch.randn(2, 6, 11, generator=generator)
+    labels = torch.full((2, 6), -100, dtype=torch.long)
+    labels[0, 1], labels[0, 4], labels[1, 0], labels[1, 5] = 3, 9, 0, 7
+    return logits, labels
 
 
-def _check_mean_pool(my_mean_pool) -> str | None:
-    if not callable(my_mean_pool):
-        return "pass the function itself, `my_mean_pool`, not a value"
-    hidden, mask = _pool_inputs()
-    got = my_mean_pool(hidden, mask)
+def _check_mlm_loss(my_mlm_loss) -> str | None:
+    if not callable(my_mlm_loss):
+        return "pass the function itself, `my_mlm_loss`, not a value"
+    logits, labels = _fixed_logits_and_labels()
+    got = my_mlm_loss(logits, labels)
     if got is None:
-        return "your function returned None: return a (batch, dim) tensor"
-    if not isinstance(got, torch.Tensor) or got.shape != (3, 4):
-        return f"return a tensor of shape (batch, dim) = (3, 4), got {getattr(got, 'shape', got)}"
-    expected = torch.stack([hidden[i, : int(mask[i].sum())].mean(0) for i in range(3)])
+        return "your function returned None: return the mean negative log-probability"
+    if not isinstance(got, torch.Tensor) or got.numel() != 1:
+        return "return a scalar tensor (one number), e.g. `-true_log_probs.mean()`"
+    expected = F.cross_entropy(logits.view(-1, 11), labels.view(-1))
     if torch.allclose(got.float(), expected, atol=1e-5):
         return None
-    if torch.allclose(got.float(), hidden.mean(1), atol=1e-5):
-        return "you averaged padding too: multiply by the mask, then divide by the mask's sum"
-    if torch.allclose(got.float(), (hidden * mask.unsqueeze(-1)).mean(1), atol=1e-5):
-        return "divide by the number of real tokens (mask.sum(1)), not by the sequence length"
-    return "weight each position by mask.unsqueeze(-1), sum over dim 1, divide by mask.sum(1, keepdim=True)"
+    everywhere = F.cross_entropy(logits.view(-1, 11), labels.clamp(min=0).view(-1))
+    if torch.allclose(got.float(), everywhere, atol=1e-5):
+        return "you scored every position: keep only positions where labels != -100"
+    if torch.allclose(got.float(), -expected, atol=1e-5):
+        return "the sign is flipped: the loss is the *negative* log-probability"
+    return f"expected {float(expected):.4f}, got {float(got):.4f}: log_softmax over the last dim, then gather"
 
 
-@exercise("03.mean-pool", "Write my_mean_pool(hidden, mask): the mean of hidden[b, t] over the "
-          "positions t where mask[b, t] == 1.", _check_mean_pool,
-          wrong_answer=lambda hidden, mask: hidden.mean(1))
-def mean_pool_solution(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1)
+@exercise("03.mlm-loss", "Write mlm_loss(logits, labels): the mean negative log-probability of the "
+          "true token at positions whose label is not -100.", _check_mlm_loss,
+          wrong_answer=lambda logits, labels: F.cross_entropy(
+              logits.view(-1, logits.shape[-1]), labels.clamp(min=0).view(-1)))
+def mlm_loss_solution(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    selected = labels != -100
+    log_probs = torch.log_softmax(logits[selected], dim=-1)
+    return -log_probs.gather(1, labels[selected].unsqueeze(1)).mean()
 
 
-def _check_warmup_lr(my_lr) -> str | None:
-    if not callable(my_lr):
-        return "pass the function itself, `my_lr`, not a value"
-    peak, max_steps, warmup = 1e-4, 100, 10
-    for step in (0, 5, 10, 55, 99, 100):
-        expected = peak * lr_lambda(step, max_steps=max_steps, warmup_steps=warmup, schedule="linear")
-        got = my_lr(step, peak=peak, max_steps=max_steps, warmup_steps=warmup)
-        if not isinstance(got, numbers.Real):
-            return f"return a number; my_lr({step}, ...) returned {type(got).__name__}"
-        if not np.isclose(float(got), expected, rtol=1e-6, atol=1e-12):
-            where = "during warm-up" if step < warmup else "during the decay"
-            return (f"at step {step} ({where}) expected {expected:.3g}, got {float(got):.3g}: "
-                    "rise as peak * (step + 1) / (warmup_steps + 1), then fall linearly to 0 "
-                    "at max_steps")
-    return None
+def _check_shift(my_shift) -> str | None:
+    if not callable(my_shift):
+        return "pass the function itself, `my_shift`"
+    ids = torch.tensor([[5, 6, 7, 8], [1, 2, 3, 4]])
+    got = my_shift(ids)
+    if got is None:
+        return "your function returned None: return (inputs, targets)"
+    if not (isinstance(got, tuple) and len(got) == 2):
+        return "return a tuple (inputs, targets)"
+    inputs, targets = got
+    if torch.equal(inputs, ids[:, :-1]) and torch.equal(targets, ids[:, 1:]):
+        return None
+    if torch.equal(inputs, ids[:, 1:]) and torch.equal(targets, ids[:, :-1]):
+        return "inputs and targets are swapped: position t predicts token t+1"
+    return "inputs drop the last token, targets drop the first: ids[:, :-1], ids[:, 1:]"
 
 
-@exercise("03.warmup-lr", "Write my_lr(step, peak, max_steps, warmup_steps) as the course trainer does "
-          "it: during warm-up peak * (step + 1) / (warmup_steps + 1) (step 0 already learns), "
-          "then a linear decay from peak at step warmup_steps to 0 at max_steps.", _check_warmup_lr,
-          wrong_answer=lambda step, peak, max_steps, warmup_steps: peak)
-def warmup_lr_solution(step: int, peak: float, max_steps: int, warmup_steps: int) -> float:
-    if step < warmup_steps:
-        return peak * (step + 1) / (warmup_steps + 1)
-    return peak * max(0.0, (max_steps - step) / (max_steps - warmup_steps))
+@exercise("03.clm-shift", "Write my_shift(input_ids) returning (inputs, targets) for next-token "
+          "prediction.", _check_shift, wrong_answer=lambda ids: (ids, ids))
+def shift_solution(input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return input_ids[:, :-1], input_ids[:, 1:]
 
 
-CONFUSION = np.array([[50, 2, 3], [4, 40, 6], [1, 0, 44]])  # rows: true class, columns: predicted
+def _check_expected_masks(answer) -> str | None:
+    if not isinstance(answer, numbers.Real) or isinstance(answer, bool):
+        return "answer with a number"
+    expected = 10_000 * 0.15 * 0.8
+    if math.isclose(answer, expected, rel_tol=1e-9):
+        return None
+    if math.isclose(answer, 10_000 * 0.15, rel_tol=1e-9):
+        return "that is how many are *selected*; only 80% of those become [MASK]"
+    if math.isclose(answer, 12_000 * 0.15 * 0.8, rel_tol=1e-9):
+        return "[CLS], [SEP] and padding are never selected: use the 10,000 ordinary tokens"
+    return "selected = 15% of ordinary tokens; 80% of the selected become [MASK]"
 
 
-def _check_precision_recall(answer) -> str | None:
-    if not isinstance(answer, (tuple, list)) or len(answer) != 2:
-        return "answer with a pair (precision, recall) for class 1"
-    if not all(isinstance(x, numbers.Real) for x in answer):
-        return "both values must be numbers"
-    precision, recall = (float(x) for x in answer)
-    true_precision = CONFUSION[1, 1] / CONFUSION[:, 1].sum()
-    true_recall = CONFUSION[1, 1] / CONFUSION[1].sum()
-    if np.isclose(precision, true_recall) and np.isclose(recall, true_precision):
-        return "swapped: precision divides by the column (all predicted 1), recall by the row"
-    if not np.isclose(precision, true_precision, atol=1e-4):
-        return "precision = correct 1s / everything *predicted* as 1 (the column of class 1)"
-    if not np.isclose(recall, true_recall, atol=1e-4):
-        return "recall = correct 1s / every *true* 1 (the row of class 1)"
-    return None
-
-
-@exercise("03.precision-recall", "From the confusion matrix CONFUSION (rows = true class, columns = "
-          "predicted), give (precision, recall) of class 1.", _check_precision_recall,
-          wrong_answer=(40 / 50, 40 / 42), answer_is_value=True)
-def precision_recall_solution():
-    confusion = CONFUSION
-    precision = confusion[1, 1] / confusion[:, 1].sum()  # 40 / 42
-    recall = confusion[1, 1] / confusion[1].sum()  # 40 / 50
-    return float(precision), float(recall)
+@exercise("03.expected-masks", "A batch has 12,000 positions: 10,000 ordinary tokens and 2,000 "
+          "[CLS]/[SEP]/[PAD]. With p = 0.15, how many positions become [MASK] on average?",
+          _check_expected_masks, wrong_answer=1500, answer_is_value=True)
+def expected_masks_solution() -> float:
+    ordinary_tokens, p_select, p_mask = 10_000, 0.15, 0.8
+    return ordinary_tokens * p_select * p_mask

@@ -1,158 +1,107 @@
-"""Exercises for notebook 04 · Token classification and extractive QA.
+"""Exercises for notebook 04 · Fine-tuning for classification.
 
-* ``04.align-labels``: give each word's tag to its first sub-word and -100 to the rest.
-* ``04.bio-spans``: read BIO tags back as entity spans.
-* ``04.token-f1``: the SQuAD token F1 between a predicted and a true answer.
+* ``04.mean-pool``: mean pooling that ignores padding.
+* ``04.warmup-lr``: the learning rate of linear warm-up followed by linear decay.
+* ``04.precision-recall``: precision and recall of one class, from a confusion matrix.
 """
 
 from __future__ import annotations
 
-import collections
-import math
-import re
-import string
+import numbers
+
+import numpy as np
+import torch
 
 from llm_tutorial.exercises import exercise
-
-_LABEL2ID = {"O": 0, "B-PER": 1, "I-PER": 2, "B-LOC": 3, "I-LOC": 4}
-# (word_ids, tags, expected labels): [CLS]/[SEP]/[PAD] are None
-_ALIGN_CASES = [
-    ([None, 0, 1, 1, 1, 2, None], ["O", "B-PER", "B-LOC"], [-100, 0, 1, -100, -100, 3, -100]),
-    ([None, 0, 0, 1, None, None], ["B-LOC", "I-LOC"], [-100, 3, -100, 4, -100, -100]),
-    ([None, 0, 1, 2, None], ["B-PER", "I-PER", "O"], [-100, 1, 2, 0, -100]),
-]
+from llm_tutorial.trainer import lr_lambda
 
 
-def _check_align(my_align) -> str | None:
-    if not callable(my_align):
-        return "pass the function itself, `my_align`, not a value"
-    for word_ids, tags, expected in _ALIGN_CASES:
-        got = my_align(list(word_ids), list(tags), dict(_LABEL2ID))
-        if got is None:
-            return "your function returned None: return a list with one label per token"
-        got = list(got)
-        if len(got) != len(word_ids):
-            return f"return one label per *token* ({len(word_ids)} here), not per word"
-        if got == expected:
-            continue
-        specials = [g for g, w in zip(got, word_ids, strict=True) if w is None]
-        if any(g != -100 for g in specials):
-            return "special tokens (word_id None: [CLS], [SEP], padding) must get -100"
-        if -100 not in got[1:-1] and any(e == -100 for e in expected[1:-1]):
-            return ("every sub-word got a label: only the first piece of a word is labelled, "
-                    "the following pieces get -100")
-        return f"for word_ids {word_ids} and tags {tags} expected {expected}, got {got}"
+def _pool_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    hidden = torch.randn(3, 5, 4, generator=generator)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+    return hidden, mask
+
+
+def _check_mean_pool(my_mean_pool) -> str | None:
+    if not callable(my_mean_pool):
+        return "pass the function itself, `my_mean_pool`, not a value"
+    hidden, mask = _pool_inputs()
+    got = my_mean_pool(hidden, mask)
+    if got is None:
+        return "your function returned None: return a (batch, dim) tensor"
+    if not isinstance(got, torch.Tensor) or got.shape != (3, 4):
+        return f"return a tensor of shape (batch, dim) = (3, 4), got {getattr(got, 'shape', got)}"
+    expected = torch.stack([hidden[i, : int(mask[i].sum())].mean(0) for i in range(3)])
+    if torch.allclose(got.float(), expected, atol=1e-5):
+        return None
+    if torch.allclose(got.float(), hidden.mean(1), atol=1e-5):
+        return "you averaged padding too: multiply by the mask, then divide by the mask's sum"
+    if torch.allclose(got.float(), (hidden * mask.unsqueeze(-1)).mean(1), atol=1e-5):
+        return "divide by the number of real tokens (mask.sum(1)), not by the sequence length"
+    return "weight each position by mask.unsqueeze(-1), sum over dim 1, divide by mask.sum(1, keepdim=True)"
+
+
+@exercise("04.mean-pool", "Write my_mean_pool(hidden, mask): the mean of hidden[b, t] over the "
+          "positions t where mask[b, t] == 1.", _check_mean_pool,
+          wrong_answer=lambda hidden, mask: hidden.mean(1))
+def mean_pool_solution(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1)
+
+
+def _check_warmup_lr(my_lr) -> str | None:
+    if not callable(my_lr):
+        return "pass the function itself, `my_lr`, not a value"
+    peak, max_steps, warmup = 1e-4, 100, 10
+    for step in (0, 5, 10, 55, 99, 100):
+        expected = peak * lr_lambda(step, max_steps=max_steps, warmup_steps=warmup, schedule="linear")
+        got = my_lr(step, peak=peak, max_steps=max_steps, warmup_steps=warmup)
+        if not isinstance(got, numbers.Real):
+            return f"return a number; my_lr({step}, ...) returned {type(got).__name__}"
+        if not np.isclose(float(got), expected, rtol=1e-6, atol=1e-12):
+            where = "during warm-up" if step < warmup else "during the decay"
+            return (f"at step {step} ({where}) expected {expected:.3g}, got {float(got):.3g}: "
+                    "rise as peak * (step + 1) / (warmup_steps + 1), then fall linearly to 0 "
+                    "at max_steps")
     return None
 
 
-@exercise("04.align-labels", "Write my_align(word_ids, tags, label2id): the label id of each "
-          "word's tag on its first sub-word, -100 on special tokens and on later sub-words.",
-          _check_align,
-          wrong_answer=lambda word_ids, tags, label2id: [
-              -100 if w is None else label2id[tags[w]] for w in word_ids])
-def align_solution(word_ids, tags, label2id):
-    labels, previous = [], None
-    for word_id in word_ids:
-        if word_id is None or word_id == previous:
-            labels.append(-100)  # a special token, or a later piece of the same word
-        else:
-            labels.append(label2id[tags[word_id]])  # the first piece of a new word
-        previous = word_id
-    return labels
+@exercise("04.warmup-lr", "Write my_lr(step, peak, max_steps, warmup_steps) as the course trainer does "
+          "it: during warm-up peak * (step + 1) / (warmup_steps + 1) (step 0 already learns), "
+          "then a linear decay from peak at step warmup_steps to 0 at max_steps.", _check_warmup_lr,
+          wrong_answer=lambda step, peak, max_steps, warmup_steps: peak)
+def warmup_lr_solution(step: int, peak: float, max_steps: int, warmup_steps: int) -> float:
+    if step < warmup_steps:
+        return peak * (step + 1) / (warmup_steps + 1)
+    return peak * max(0.0, (max_steps - step) / (max_steps - warmup_steps))
 
 
-_SPAN_CASES = [
-    (["B-PER", "I-PER", "O", "B-LOC"], [("PER", 0, 2), ("LOC", 3, 4)]),
-    (["O", "I-PER", "I-PER", "O"], [("PER", 1, 3)]),
-    (["B-PER", "B-PER", "I-PER"], [("PER", 0, 1), ("PER", 1, 3)]),
-    (["B-PER", "I-LOC", "I-LOC"], [("PER", 0, 1), ("LOC", 1, 3)]),
-    (["O", "O"], []),
-]
+CONFUSION = np.array([[50, 2, 3], [4, 40, 6], [1, 0, 44]])  # rows: true class, columns: predicted
 
 
-def _check_spans(my_spans) -> str | None:
-    if not callable(my_spans):
-        return "pass the function itself, `my_spans`"
-    for tags, expected in _SPAN_CASES:
-        got = my_spans(list(tags))
-        if got is None:
-            return "your function returned None: return a list of (type, start, end) tuples"
-        got = [tuple(span) for span in got]
-        if got == expected:
-            continue
-        if tags[1] == "I-PER" and tags[0] == "O" and not got:
-            return "an I-x that follows O (or another type) starts a new entity, as seqeval reads it"
-        if [(t, s, e - 1) for t, s, e in expected] == got:
-            return "`end` is exclusive: the span covers words start .. end - 1"
-        return f"for {tags} expected {expected}, got {got}"
+def _check_precision_recall(answer) -> str | None:
+    if not isinstance(answer, (tuple, list)) or len(answer) != 2:
+        return "answer with a pair (precision, recall) for class 1"
+    if not all(isinstance(x, numbers.Real) for x in answer):
+        return "both values must be numbers"
+    precision, recall = (float(x) for x in answer)
+    true_precision = CONFUSION[1, 1] / CONFUSION[:, 1].sum()
+    true_recall = CONFUSION[1, 1] / CONFUSION[1].sum()
+    if np.isclose(precision, true_recall) and np.isclose(recall, true_precision):
+        return "swapped: precision divides by the column (all predicted 1), recall by the row"
+    if not np.isclose(precision, true_precision, atol=1e-4):
+        return "precision = correct 1s / everything *predicted* as 1 (the column of class 1)"
+    if not np.isclose(recall, true_recall, atol=1e-4):
+        return "recall = correct 1s / every *true* 1 (the row of class 1)"
     return None
 
 
-@exercise("04.bio-spans", "Write my_spans(tags): the entities in a BIO tag list as (type, start, "
-          "end) with end exclusive; an I-x that does not continue an x entity starts one.",
-          _check_spans,
-          wrong_answer=lambda tags: [(t[2:], i, i + 1) for i, t in enumerate(tags)
-                                     if t.startswith("B-")])
-def spans_solution(tags):
-    spans, kind, start = [], None, 0
-    for i, tag in enumerate(list(tags) + ["O"]):  # a final "O" closes the last entity
-        prefix, name = tag[:1], tag[2:]
-        if kind is not None and not (prefix == "I" and name == kind):
-            spans.append((kind, start, i))
-            kind = None
-        if prefix in ("B", "I") and kind is None:
-            kind, start = name, i
-    return spans
-
-
-def _normalize(text: str) -> str:
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
-
-
-def _reference_f1(prediction: str, truth: str) -> float:
-    pred, true = _normalize(prediction).split(), _normalize(truth).split()
-    same = sum((collections.Counter(pred) & collections.Counter(true)).values())
-    if same == 0:
-        return 0.0
-    return 2 * same / (len(pred) + len(true))
-
-
-_F1_CASES = [("Tony Blair", "Blair"), ("the Prime Minister Tony Blair", "Tony Blair"),
-             ("London", "Paris"), ("in New York.", "New York"), ("Blair, Blair", "Blair")]
-
-
-def _check_token_f1(my_token_f1) -> str | None:
-    if not callable(my_token_f1):
-        return "pass the function itself, `my_token_f1`"
-    for prediction, truth in _F1_CASES:
-        got = my_token_f1(prediction, truth)
-        if got is None:
-            return "your function returned None: return a number between 0 and 1"
-        expected = _reference_f1(prediction, truth)
-        if not math.isclose(float(got), expected, abs_tol=1e-6):
-            raw = sum((collections.Counter(prediction.split())
-                       & collections.Counter(truth.split())).values())
-            raw_f1 = 2 * raw / (len(prediction.split()) + len(truth.split()))
-            if math.isclose(float(got), raw_f1, abs_tol=1e-6):
-                return "normalise first: lower-case, drop punctuation and the articles a/an/the"
-            return (f"token_f1({prediction!r}, {truth!r}) should be {expected:.4f}, got "
-                    f"{float(got):.4f}: precision = shared / predicted words, recall = shared / "
-                    "true words, F1 their harmonic mean")
-    return None
-
-
-@exercise("04.token-f1", "Write my_token_f1(prediction, truth): SQuAD's token F1 between the "
-          "normalised words of the two answers.", _check_token_f1,
-          wrong_answer=lambda prediction, truth: float(prediction.split() == truth.split()))
-def token_f1_solution(prediction, truth):
-    def normalize(text):  # lower-case, no punctuation, no articles, single spaces
-        text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-        return re.sub(r"\b(a|an|the)\b", " ", text).split()
-
-    predicted, true = normalize(prediction), normalize(truth)
-    shared = sum((collections.Counter(predicted) & collections.Counter(true)).values())
-    if shared == 0:
-        return 0.0
-    precision, recall = shared / len(predicted), shared / len(true)
-    return 2 * precision * recall / (precision + recall)
+@exercise("04.precision-recall", "From the confusion matrix CONFUSION (rows = true class, columns = "
+          "predicted), give (precision, recall) of class 1.", _check_precision_recall,
+          wrong_answer=(40 / 50, 40 / 42), answer_is_value=True)
+def precision_recall_solution():
+    confusion = CONFUSION
+    precision = confusion[1, 1] / confusion[:, 1].sum()  # 40 / 42
+    recall = confusion[1, 1] / confusion[1].sum()  # 40 / 50
+    return float(precision), float(recall)

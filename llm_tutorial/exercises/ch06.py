@@ -1,125 +1,117 @@
-"""Exercises for notebook 06 · Instruction tuning.
+"""Exercises for notebook 06 · Parameter-efficient fine-tuning.
 
-* ``06.mask-labels``: build the labels of an SFT example, prompt masked out of the loss.
-* ``06.pack-rows``: predict how many rows packing needs.
-* ``06.numeric-verifier``: write a verifier that never crashes on free-form model text.
+* ``06.ffn-targets``: choose `target_modules` that adapt only the feed-forward layers of BERT.
+* ``06.lora-count``: predict how many parameters LoRA adds to MiniLM.
+* ``06.merge``: merge a LoRA update into the weight matrix.
 """
 
 from __future__ import annotations
 
 import numbers
 
+import torch
+
 from llm_tutorial.exercises import exercise
 
-# (prompt ids, answer ids) pairs the label checker tries
-_MASK_CASES = [([5, 6, 7], [8, 9]), ([1], [2, 3, 4]), ([10, 11, 12, 13], [14])]
+# MiniLM: 6 layers, hidden size 384, feed-forward size 1536.
+MINILM = {"layers": 6, "hidden": 384, "intermediate": 1536}
 
 
-def _check_mask_labels(my_labels) -> str | None:
-    if not callable(my_labels):
-        return "pass the function itself, `my_labels`, not a value"
-    for prompt, answer in _MASK_CASES:
-        got = my_labels(list(prompt), list(answer))
-        if got is None:
-            return "your function returned None: return the list of labels"
-        got = list(got)
-        if len(got) != len(prompt) + len(answer):
-            return (f"for {len(prompt)} prompt and {len(answer)} answer tokens return "
-                    f"{len(prompt) + len(answer)} labels, one per input token; got {len(got)}")
-        if got == prompt + answer:
-            return "the prompt tokens must not carry a loss: set their labels to -100"
-        if got == [-100] * len(prompt) + [-100] * len(answer):
-            return "the answer tokens are the targets: keep their ids as labels"
-        if got != [-100] * len(prompt) + answer:
-            return (f"for prompt {prompt} and answer {answer} expected "
-                    f"{[-100] * len(prompt) + answer}, got {got}")
-    return None
+def _tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=16)
+    return BertModel(config)
 
 
-@exercise("06.mask-labels", "Write my_labels(prompt_ids, answer_ids) returning the labels of the "
-          "SFT example prompt_ids + answer_ids, with the prompt masked out of the loss (-100).",
-          _check_mask_labels, wrong_answer=lambda prompt, answer: prompt + answer)
-def mask_labels_solution(prompt_ids: list[int], answer_ids: list[int]) -> list[int]:
-    return [-100] * len(prompt_ids) + list(answer_ids)
+def _check_ffn_targets(target_modules) -> str | None:
+    from llm_tutorial.peft_methods import find_modules
+
+    if not isinstance(target_modules, (str, list, tuple)):
+        return "give a list of module names, or one regular expression as a string"
+    model = _tiny_bert()
+    expected = {f"encoder.layer.{i}.{part}.dense" for i in range(2)
+                for part in ("intermediate", "output")}
+    try:
+        got = set(find_modules(model, target_modules))
+    except (TypeError, ValueError) as error:
+        return f"find_modules rejected it: {error}"
+    if got == expected:
+        return None
+    extra, missing = sorted(got - expected), sorted(expected - got)
+    if any("attention.output" in name for name in extra):
+        return ("you also selected attention.output.dense: the name 'output.dense' is a suffix of "
+                "both; use a regular expression such as r'.*layer\\.\\d+\\.output\\.dense' for the "
+                "feed-forward output")
+    if missing:
+        return f"you missed {missing[:2]}: each layer has two feed-forward linears"
+    return f"you selected modules outside the feed-forward block: {extra[:3]}"
 
 
-PACK_LENGTHS = [60, 80, 30, 90, 40, 70, 20, 45]
-PACK_ROW = 128
+@exercise("06.ffn-targets", "Give target_modules (a list of names, or one regular expression) "
+          "that select exactly the two feed-forward linear layers of every BERT layer: "
+          "intermediate.dense and the layer's own output.dense (not attention.output.dense).",
+          _check_ffn_targets, wrong_answer=["intermediate.dense", "output.dense"],
+          answer_is_value=True)
+def ffn_targets_solution():
+    return r".*layer\.\d+\.(intermediate|output)\.dense"
 
 
-def _rows(lengths: list[int], row: int) -> int:
-    rows, used = 1, 0
-    for n in lengths:
-        if used + n > row:
-            rows, used = rows + 1, 0
-        used += n
-    return rows
-
-
-def _check_pack_rows(answer) -> str | None:
+def _check_lora_count(answer) -> str | None:
     if isinstance(answer, bool) or not isinstance(answer, numbers.Integral):
-        return f"give a whole number of rows, got {answer!r}"
-    right = _rows(PACK_LENGTHS, PACK_ROW)
+        return f"give a whole number of parameters, got {answer!r}"
+    layers, d = MINILM["layers"], MINILM["hidden"]
+    right = layers * 2 * 4 * (d + d)
     if answer == right:
         return None
-    if answer == -(-sum(PACK_LENGTHS) // PACK_ROW):
-        return ("that is total tokens / row length, as if examples could be split across rows; "
-                "pack never splits an example: a new row starts when the next one does not fit")
-    if answer == len(PACK_LENGTHS):
-        return "that is one example per row (padding); several short examples share a row"
-    return (f"go through the lengths in order, starting a new row of {PACK_ROW} tokens whenever "
-            f"the next example does not fit in what is left")
+    if answer == layers * 2 * 4 * d:
+        return "count both matrices: A is r x in_features and B is out_features x r"
+    if answer == 2 * 4 * (d + d):
+        return "that is one layer; MiniLM has 6"
+    if answer == layers * 2 * d * d:
+        return "that is the size of the full query and value matrices; LoRA adds r (in + out) each"
+    return "per adapted matrix r * (in_features + out_features); 2 matrices per layer, 6 layers"
 
 
-@exercise("06.pack-rows", f"Examples of {PACK_LENGTHS} tokens are packed, in this order, into "
-          f"rows of {PACK_ROW} tokens (instructions.pack). How many rows?", _check_pack_rows,
-          wrong_answer=-(-sum(PACK_LENGTHS) // PACK_ROW), answer_is_value=True)
-def pack_rows_solution():
-    rows, used = 1, 0
-    for n in PACK_LENGTHS:
-        if used + n > PACK_ROW:  # the next example does not fit: start a new row
-            rows, used = rows + 1, 0
-        used += n
-    return rows
+@exercise("06.lora-count", "How many trainable parameters does LoRA with r = 4 on the query and "
+          "value projections (each 384 x 384) of MiniLM's 6 layers add?", _check_lora_count,
+          wrong_answer=6 * 2 * 4 * 384, answer_is_value=True)
+def lora_count_solution():
+    layers, hidden, r = MINILM["layers"], MINILM["hidden"], 4
+    per_matrix = r * hidden + hidden * r  # A: r x in, B: out x r
+    return layers * 2 * per_matrix
 
 
-_VERIFIER_CASES = [("68", "68", True), ("The answer is 68.", "68", True), ("68.0", "68", True),
-                   ("-2.2 °F", "-2.2", True), ("It is 67", "68", False), ("", "68", False),
-                   ("sixty-eight", "68", False), ("1e400", "68", False), (None, "68", False),
-                   ("68 or maybe 70", "68", True), ("about 10,000", "10000", True)]
+def _merge_inputs():
+    generator = torch.Generator().manual_seed(5)
+    W = torch.randn(6, 5, generator=generator)
+    A = torch.randn(2, 5, generator=generator)
+    B = torch.randn(6, 2, generator=generator)
+    return W, A, B
 
 
-def _check_numeric_verifier(my_verify) -> str | None:
-    if not callable(my_verify):
-        return "pass the function itself, `my_verify`, not a value"
-    for prediction, reference, expected in _VERIFIER_CASES:
-        try:
-            got = my_verify(prediction, reference)
-        except Exception as error:  # the point of the exercise: it must not raise
-            return (f"my_verify({prediction!r}, {reference!r}) raised {type(error).__name__}: "
-                    f"a verifier must return False on text it cannot read, never raise")
-        if got is not expected and got != expected:
-            return (f"my_verify({prediction!r}, {reference!r}) returned {got!r}, expected "
-                    f"{expected}: take the first number in the text (commas as thousands "
-                    f"separators) and compare within a small tolerance")
-    return None
+def _check_merge(my_merge) -> str | None:
+    if not callable(my_merge):
+        return "pass the function itself, `my_merge`, not a value"
+    W, A, B = _merge_inputs()
+    got = my_merge(W.clone(), A.clone(), B.clone(), 4.0, 2)
+    if got is None:
+        return "your function returned None: return the merged weight tensor"
+    if not isinstance(got, torch.Tensor) or got.shape != W.shape:
+        return f"return a tensor shaped like W, {tuple(W.shape)}; got {getattr(got, 'shape', got)}"
+    if torch.allclose(got, W + 2.0 * B @ A, atol=1e-5):
+        return None
+    if torch.allclose(got, W + B @ A, atol=1e-5):
+        return "scale the update by alpha / r"
+    if torch.allclose(got, W + 4.0 * B @ A, atol=1e-5):
+        return "the scale is alpha / r, not alpha"
+    return "the merged weight is W + (alpha / r) * B @ A (B is out x r, A is r x in)"
 
 
-@exercise("06.numeric-verifier", "Write my_verify(prediction, reference) -> bool for numeric "
-          "answers: True when the first number in the model's text equals the reference (within "
-          "1e-6 relative), False otherwise, and never an exception, whatever the text.",
-          _check_numeric_verifier, wrong_answer=lambda p, r: float(p) == float(r))
-def numeric_verifier_solution(prediction, reference) -> bool:
-    import math
-    import re
-
-    if not isinstance(prediction, str):
-        return False
-    match = re.search(r"-?\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?", prediction)
-    if match is None:
-        return False
-    try:
-        value, target = float(match.group().replace(",", "")), float(reference)
-    except ValueError:
-        return False
-    return math.isfinite(value) and math.isclose(value, target, rel_tol=1e-6, abs_tol=1e-9)
+@exercise("06.merge", "Write my_merge(W, A, B, alpha, r): the weight of the plain linear layer "
+          "that computes what LoRALinear computes.", _check_merge,
+          wrong_answer=lambda W, A, B, alpha, r: W + B @ A)
+def merge_solution(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: float, r: int
+                   ) -> torch.Tensor:
+    return W + (alpha / r) * (B @ A)

@@ -1,126 +1,125 @@
-"""Exercises for notebook 07 · Multimodal fusion.
+"""Exercises for notebook 07 · Instruction tuning.
 
-* ``07.question-ceiling``: how well could a model do that reads only the question?
-* ``07.info-nce``: write CLIP's symmetric InfoNCE loss.
-* ``07.recall-at-k``: retrieval recall@k from a similarity matrix.
+* ``07.mask-labels``: build the labels of an SFT example, prompt masked out of the loss.
+* ``07.pack-rows``: predict how many rows packing needs.
+* ``07.numeric-verifier``: write a verifier that never crashes on free-form model text.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+import numbers
 
 from llm_tutorial.exercises import exercise
 
-# (question ids, answers): the ceiling checker's cases
-_CEILING_CASES = [
-    ([0, 0, 0, 1, 1, 1], [1, 1, 0, 0, 0, 1]),
-    ([0, 1, 0, 1, 0, 1, 2, 2], [1, 1, 1, 1, 0, 0, 1, 0]),
-    ([5, 5, 5, 5], [0, 1, 0, 1]),
-    ([3, 1, 3, 1, 3], [1, 0, 1, 0, 0]),
-]
+# (prompt ids, answer ids) pairs the label checker tries
+_MASK_CASES = [([5, 6, 7], [8, 9]), ([1], [2, 3, 4]), ([10, 11, 12, 13], [14])]
 
 
-def _check_ceiling(my_ceiling) -> str | None:
-    if not callable(my_ceiling):
-        return "pass the function itself, `my_ceiling`, not a value"
-    for questions, answers in _CEILING_CASES:
-        got = my_ceiling(list(questions), list(answers))
-        want = question_ceiling_solution(questions, answers)  # defined below
+def _check_mask_labels(my_labels) -> str | None:
+    if not callable(my_labels):
+        return "pass the function itself, `my_labels`, not a value"
+    for prompt, answer in _MASK_CASES:
+        got = my_labels(list(prompt), list(answer))
         if got is None:
-            return "your function returned None: return the accuracy, a float in [0, 1]"
-        if abs(float(got) - want) > 1e-9:
-            overall = max(sum(answers), len(answers) - sum(answers)) / len(answers)
-            if abs(float(got) - overall) < 1e-9:
-                return ("that is the accuracy of one answer for every sample; a question-only "
-                        "model can give each *question* its own majority answer")
-            return (f"for questions {questions} and answers {answers} expected {want:.3f}, got "
-                    f"{float(got):.3f}: count, per question, how often its most common answer "
-                    f"occurs, sum over questions and divide by the number of samples")
+            return "your function returned None: return the list of labels"
+        got = list(got)
+        if len(got) != len(prompt) + len(answer):
+            return (f"for {len(prompt)} prompt and {len(answer)} answer tokens return "
+                    f"{len(prompt) + len(answer)} labels, one per input token; got {len(got)}")
+        if got == prompt + answer:
+            return "the prompt tokens must not carry a loss: set their labels to -100"
+        if got == [-100] * len(prompt) + [-100] * len(answer):
+            return "the answer tokens are the targets: keep their ids as labels"
+        if got != [-100] * len(prompt) + answer:
+            return (f"for prompt {prompt} and answer {answer} expected "
+                    f"{[-100] * len(prompt) + answer}, got {got}")
     return None
 
 
-@exercise("07.question-ceiling", "Write my_ceiling(question_ids, answers): the best accuracy a "
-          "model that sees only the question can reach on these samples (it answers each question "
-          "with that question's most common answer).", _check_ceiling,
-          wrong_answer=lambda q, a: max(sum(a), len(a) - sum(a)) / len(a))
-def question_ceiling_solution(question_ids: list[int], answers: list[int]) -> float:
-    from collections import Counter
-
-    right = 0
-    for q in set(question_ids):
-        counts = Counter(a for qi, a in zip(question_ids, answers, strict=True) if qi == q)
-        right += max(counts.values())  # always give this question its majority answer
-    return right / len(answers)
+@exercise("07.mask-labels", "Write my_labels(prompt_ids, answer_ids) returning the labels of the "
+          "SFT example prompt_ids + answer_ids, with the prompt masked out of the loss (-100).",
+          _check_mask_labels, wrong_answer=lambda prompt, answer: prompt + answer)
+def mask_labels_solution(prompt_ids: list[int], answer_ids: list[int]) -> list[int]:
+    return [-100] * len(prompt_ids) + list(answer_ids)
 
 
-def _check_info_nce(my_info_nce) -> str | None:
-    if not callable(my_info_nce):
-        return "pass the function itself, `my_info_nce`, not a value"
-    generator = torch.Generator().manual_seed(0)
-    for batch, dim, temperature in ((4, 8, 0.07), (6, 3, 0.5), (3, 16, 1.0)):
-        images = torch.randn(batch, dim, generator=generator) * 3
-        texts = torch.randn(batch, dim, generator=generator)
-        got = my_info_nce(images, texts, temperature)
-        if not isinstance(got, torch.Tensor) or got.ndim != 0:
-            return "return the loss as a scalar tensor (a mean over the batch)"
-        want = info_nce_solution(images, texts, temperature)
-        if torch.isclose(got, want, atol=1e-5):
-            continue
-        raw = (images @ texts.T) / temperature
-        targets = torch.arange(batch)
-        if torch.isclose(got, (F.cross_entropy(raw, targets) + F.cross_entropy(raw.T, targets)) / 2,
-                         atol=1e-5):
-            return "normalise the embeddings to unit length first: the score is a cosine / τ"
-        scores = F.normalize(images, dim=-1) @ F.normalize(texts, dim=-1).T / temperature
-        if torch.isclose(got, F.cross_entropy(scores, targets), atol=1e-5):
-            return ("that is only the image→text half; add the text→image half (the transposed "
-                    "scores) and average the two")
-        return (f"for a batch of {batch} expected {want.item():.4f}, got {got.item():.4f}: "
-                f"cosine similarities / τ, cross-entropy with the diagonal as targets, both ways")
+PACK_LENGTHS = [60, 80, 30, 90, 40, 70, 20, 45]
+PACK_ROW = 128
+
+
+def _rows(lengths: list[int], row: int) -> int:
+    rows, used = 1, 0
+    for n in lengths:
+        if used + n > row:
+            rows, used = rows + 1, 0
+        used += n
+    return rows
+
+
+def _check_pack_rows(answer) -> str | None:
+    if isinstance(answer, bool) or not isinstance(answer, numbers.Integral):
+        return f"give a whole number of rows, got {answer!r}"
+    right = _rows(PACK_LENGTHS, PACK_ROW)
+    if answer == right:
+        return None
+    if answer == -(-sum(PACK_LENGTHS) // PACK_ROW):
+        return ("that is total tokens / row length, as if examples could be split across rows; "
+                "pack never splits an example: a new row starts when the next one does not fit")
+    if answer == len(PACK_LENGTHS):
+        return "that is one example per row (padding); several short examples share a row"
+    return (f"go through the lengths in order, starting a new row of {PACK_ROW} tokens whenever "
+            f"the next example does not fit in what is left")
+
+
+@exercise("07.pack-rows", f"Examples of {PACK_LENGTHS} tokens are packed, in this order, into "
+          f"rows of {PACK_ROW} tokens (instructions.pack). How many rows?", _check_pack_rows,
+          wrong_answer=-(-sum(PACK_LENGTHS) // PACK_ROW), answer_is_value=True)
+def pack_rows_solution():
+    rows, used = 1, 0
+    for n in PACK_LENGTHS:
+        if used + n > PACK_ROW:  # the next example does not fit: start a new row
+            rows, used = rows + 1, 0
+        used += n
+    return rows
+
+
+_VERIFIER_CASES = [("68", "68", True), ("The answer is 68.", "68", True), ("68.0", "68", True),
+                   ("-2.2 °F", "-2.2", True), ("It is 67", "68", False), ("", "68", False),
+                   ("sixty-eight", "68", False), ("1e400", "68", False), (None, "68", False),
+                   ("68 or maybe 70", "68", True), ("about 10,000", "10000", True)]
+
+
+def _check_numeric_verifier(my_verify) -> str | None:
+    if not callable(my_verify):
+        return "pass the function itself, `my_verify`, not a value"
+    for prediction, reference, expected in _VERIFIER_CASES:
+        try:
+            got = my_verify(prediction, reference)
+        except Exception as error:  # the point of the exercise: it must not raise
+            return (f"my_verify({prediction!r}, {reference!r}) raised {type(error).__name__}: "
+                    f"a verifier must return False on text it cannot read, never raise")
+        if got is not expected and got != expected:
+            return (f"my_verify({prediction!r}, {reference!r}) returned {got!r}, expected "
+                    f"{expected}: take the first number in the text (commas as thousands "
+                    f"separators) and compare within a small tolerance")
     return None
 
 
-@exercise("07.info-nce", "Write my_info_nce(image_emb, text_emb, temperature): CLIP's symmetric "
-          "InfoNCE loss for (batch, dim) embeddings whose i-th image and i-th text belong "
-          "together.", _check_info_nce,
-          wrong_answer=lambda i, t, tau: F.cross_entropy(i @ t.T / tau, torch.arange(len(i))))
-def info_nce_solution(image_emb, text_emb, temperature):
-    scores = F.normalize(image_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T / temperature
-    targets = torch.arange(len(scores))  # image i belongs with text i
-    return (F.cross_entropy(scores, targets) + F.cross_entropy(scores.T, targets)) / 2
+@exercise("07.numeric-verifier", "Write my_verify(prediction, reference) -> bool for numeric "
+          "answers: True when the first number in the model's text equals the reference (within "
+          "1e-6 relative), False otherwise, and never an exception, whatever the text.",
+          _check_numeric_verifier, wrong_answer=lambda p, r: float(p) == float(r))
+def numeric_verifier_solution(prediction, reference) -> bool:
+    import math
+    import re
 
-
-def _reference_recall(similarity, k):
-    ranks = similarity.argsort(dim=1, descending=True)[:, :k]
-    return (ranks == torch.arange(len(similarity))[:, None]).any(1).float().mean().item()
-
-
-def _check_recall(my_recall_at_k) -> str | None:
-    if not callable(my_recall_at_k):
-        return "pass the function itself, `my_recall_at_k`, not a value"
-    generator = torch.Generator().manual_seed(1)
-    for n, k in ((5, 1), (8, 3), (10, 5), (6, 6)):
-        similarity = torch.randn(n, n, generator=generator)
-        got = my_recall_at_k(similarity, k)
-        want = _reference_recall(similarity, k)
-        if got is None:
-            return "your function returned None: return recall@k as a float"
-        if abs(float(got) - want) > 1e-6:
-            if abs(float(got) - _reference_recall(-similarity, k)) < 1e-6 and k < n:
-                return "rank from the *most* similar: sort in descending order"
-            if abs(float(got) - _reference_recall(similarity.T, k)) < 1e-6:
-                return "queries are the rows: rank each row's candidates (the columns)"
-            return (f"for a {n}×{n} similarity and k={k} expected {want:.3f}, got {float(got):.3f}: "
-                    f"the fraction of rows whose own column (the diagonal) is among its k largest")
-    return None
-
-
-@exercise("07.recall-at-k", "Write my_recall_at_k(similarity, k): similarity is (n, n), row i a "
-          "query whose match is column i; return the fraction of queries whose match is among "
-          "their k most similar candidates.", _check_recall,
-          wrong_answer=lambda s, k: _reference_recall(-s, k))
-def recall_at_k_solution(similarity, k):
-    top_k = similarity.argsort(dim=1, descending=True)[:, :k]  # the k best columns of each row
-    hits = (top_k == torch.arange(len(similarity))[:, None]).any(dim=1)
-    return hits.float().mean().item()
+    if not isinstance(prediction, str):
+        return False
+    match = re.search(r"-?\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?", prediction)
+    if match is None:
+        return False
+    try:
+        value, target = float(match.group().replace(",", "")), float(reference)
+    except ValueError:
+        return False
+    return math.isfinite(value) and math.isclose(value, target, rel_tol=1e-6, abs_tol=1e-9)

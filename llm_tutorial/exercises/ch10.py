@@ -1,8 +1,8 @@
-"""Exercises for notebook 08 · Evaluation.
+"""Exercises for notebook 10 · Evaluation.
 
-* ``08.ece``: expected calibration error from confidences and hits.
-* ``08.pass-at-k``: the unbiased pass@k estimator.
-* ``08.kappa``: Cohen's kappa for two raters.
+* ``10.ece``: expected calibration error from confidences and hits.
+* ``10.pass-at-k``: the unbiased pass@k estimator.
+* ``10.kappa``: Cohen's kappa for two raters.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _check_ece(my_ece) -> str | None:
     return None
 
 
-@exercise("08.ece", "Write my_ece(confidences, correct, n_bins): confidences is an array of the "
+@exercise("10.ece", "Write my_ece(confidences, correct, n_bins): confidences is an array of the "
           "predicted class's probability, correct a boolean array; return the expected "
           "calibration error with n_bins equal-width bins.", _check_ece,
           wrong_answer=_unweighted_ece)
@@ -90,7 +90,7 @@ def _check_pass(my_pass_at_k) -> str | None:
     return None
 
 
-@exercise("08.pass-at-k", "Write my_pass_at_k(n, c, k): with n samples of which c are correct, "
+@exercise("10.pass-at-k", "Write my_pass_at_k(n, c, k): with n samples of which c are correct, "
           "the probability that k samples drawn without replacement include a correct one.",
           _check_pass, wrong_answer=lambda n, c, k: 1 - (1 - c / n) ** k)
 def pass_at_k_solution(n, c, k):
@@ -128,7 +128,7 @@ def _check_kappa(my_kappa) -> str | None:
     return None
 
 
-@exercise("08.kappa", "Write my_kappa(a, b): Cohen's kappa between two lists of labels.",
+@exercise("10.kappa", "Write my_kappa(a, b): Cohen's kappa between two lists of labels.",
           _check_kappa, wrong_answer=lambda a, b: float(np.mean(np.asarray(a) == np.asarray(b))))
 def kappa_solution(a, b):
     a, b = np.asarray(a), np.asarray(b)
