@@ -427,7 +427,7 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                cache: KVCache | None = None) -> TransformerOutput:
+                cache: KVCache | None = None, last_only: bool = False) -> TransformerOutput:
         """
         `input_ids` `(batch, t)` are the new tokens; a `cache` holds the earlier ones.
 
@@ -440,6 +440,7 @@ class Transformer(nn.Module):
           (With RoPE a row shifted by its padding would give the same scores anyway: they
           depend on offsets only. Learned absolute positions, as in GPT-2, would not.)
         * `position_ids`: override the positions (default `past ... past + t - 1`).
+        * `last_only`: return the logits of the last position only, `(batch, 1, vocab)`.
         """
         batch, t = input_ids.shape
         past, limit = (cache.length if cache is not None else 0), self.config.max_positions
@@ -466,6 +467,8 @@ class Transformer(nn.Module):
         x = self.embed(input_ids)
         for block in self.blocks:
             x = block(x, self.rope_cos, self.rope_sin, position_ids, mask, cache)
+        if last_only:  # generation needs only the last position: skip the vocabulary projection
+            x = x[:, -1:]  # of the others (a fifth of SmolLM2's weights)
         logits = self.lm_head(self.norm(x))
 
         loss = None
@@ -540,8 +543,8 @@ def generate_tokens(model: Transformer, input_ids: torch.Tensor, max_new_tokens:
         new = ids  # the tokens the model has not seen yet
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         for _ in range(max_new_tokens):
-            logits = model(new, attention_mask=attention_mask, cache=cache).logits[:, -1]
-            next_id = sample_next(logits, temperature, top_k, top_p, generator)
+            out = model(new, attention_mask=attention_mask, cache=cache, last_only=True)
+            next_id = sample_next(out.logits[:, -1], temperature, top_k, top_p, generator)
             ids = torch.cat([ids, next_id[:, None]], dim=1)
             if attention_mask is not None:
                 one_more = attention_mask.new_ones(ids.shape[0], 1)  # the new token is real

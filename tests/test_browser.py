@@ -55,6 +55,7 @@ CHROMIUM_ARGS = [
 INTERACTIONS: dict[str, list[tuple[str, str, object]]] = {
     "00": [("select", "select", 1)],
     "01": [("fill", "input[type=text]", "Antidisestablishmentarianism, tokenised 🙂")],
+    "02": [("press", ".widget-slider .noUi-handle", ("ArrowRight", 3))],
     "03": [("fill", "input[type=text]", "the [MASK] won the cup final on sunday.")],
     "04": [("fill", "input[type=text]", "The striker scored twice in the cup final.")],
     "05": [("fill", "input[type=text]", "Taylor Swift played Madison Square Garden in New York")],

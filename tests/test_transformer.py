@@ -204,6 +204,8 @@ def test_tiny_transformer_matches_llama_for_causal_lm(hf_and_ours, use_sdpa):
     with torch.no_grad():
         expected = hf(ids, labels=labels)
         got = ours(ids, labels=labels)
+        last = ours(ids, last_only=True).logits
+    torch.testing.assert_close(last, got.logits[:, -1:], atol=1e-6, rtol=0)
     assert (got.logits - expected.logits).abs().max() <= 1e-5
     assert got.loss.item() == pytest.approx(expected.loss.item(), abs=1e-5)
     assert got.logits.std() > 0.5  # a model whose output depends on its weights
