@@ -356,6 +356,12 @@ def load_tiny_shakespeare() -> str:
     return asset_path("tiny_shakespeare").read_text(encoding="utf-8")
 
 
+def tiny_shakespeare_checkpoint() -> Path:
+    """The character-level `transformer.Transformer` that notebook 02's `full` profile trained
+    (float16 safetensors; load it with `transformer.load_checkpoint`)."""
+    return _vendored("checkpoints/tiny-shakespeare-char.safetensors")()
+
+
 def load_wnut17(split: str = "train") -> list[tuple[list[str], list[str]]]:
     """WNUT-17 NER as a list of ``(tokens, bio_tags)`` sentences; split is ``train`` or ``dev``."""
     files = {"train": "wnut17train.conll", "dev": "emerging.dev.conll"}

@@ -127,7 +127,8 @@ def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor,
                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Next-token loss: position *t* predicts token *t+1*, so logits drop their last step and
     targets drop their first ("the shift"). Padding targets (``attention_mask == 0``) are
-    ignored. Equals the loss ``GPT2LMHeadModel(..., labels=input_ids)`` returns."""
+    ignored. Equals ``transformers``' ``ForCausalLMLoss`` (what ``GPT2LMHeadModel`` and
+    ``LlamaForCausalLM`` return with ``labels=input_ids``) and ``transformer.Transformer``'s loss."""
     _check_ids(input_ids)
     if logits.shape[:-1] != input_ids.shape or input_ids.dim() != 2:
         raise ValueError(f"logits {tuple(logits.shape)} must be input_ids {tuple(input_ids.shape)} "
@@ -392,19 +393,6 @@ def tiny_bert(vocab_size: int, hidden_size: int = 128, num_layers: int = 2, num_
                         max_position_embeddings=max_length, pad_token_id=pad_token_id,
                         tie_word_embeddings=True)
     return BertForMaskedLM(config)
-
-
-def tiny_gpt(vocab_size: int, hidden_size: int = 128, num_layers: int = 2, num_heads: int = 2,
-             max_length: int = 128):
-    """A small ``GPT2LMHeadModel`` (causal attention, tied embeddings), randomly initialised."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = GPT2Config(vocab_size=vocab_size, n_embd=hidden_size, n_layer=num_layers, n_head=num_heads,
-                        n_positions=max_length, tie_word_embeddings=True,
-                        bos_token_id=None, eos_token_id=None)  # GPT-2's 50256 is outside a small vocab
-    model = GPT2LMHeadModel(config)
-    model.loss_type = "ForCausalLM"  # name the (standard) loss, so transformers does not warn
-    return model
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -23,7 +23,8 @@ $$\\mathrm{logits}_t = \\mathrm{RMSNorm}(h^{(L)}_t)\\, E^\\top \\quad\\text{(emb
 The pieces come in the order a forward pass uses them: `attention` and `causal_mask`,
 `RMSNorm`, RoPE, the `Attention` module with its `KVCache`, the `MLP`, the `Block`, the
 `Transformer` itself, then generation (`sample_next`, `generate_tokens`) and loading the
-SmolLM2 weights from a Hugging Face `LlamaForCausalLM` (`from_hf_llama`).
+SmolLM2 weights from a Hugging Face `LlamaForCausalLM` (`from_hf_llama`); `save_checkpoint` and
+`load_checkpoint` keep a trained model in a safetensors file.
 
 ```python
 hf_model, tokenizer = llm_tutorial.assets.load_smollm2()
@@ -35,8 +36,10 @@ print(tokenizer.decode(generate_tokens(model, ids, max_new_tokens=10)[0]))
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -620,3 +623,44 @@ def from_hf_llama(hf_model: nn.Module, use_sdpa: bool = False) -> Transformer:
     model.load_state_dict(state, strict=True)  # strict: every tensor of ours must be filled
     assert model.lm_head.weight is model.embed.weight or not config.tie_embeddings
     return model.eval()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(model: Transformer, path: str | Path, dtype: torch.dtype = torch.float16,
+                    **metadata: str) -> Path:
+    """
+    ## Saving a trained model
+
+    One [safetensors](https://huggingface.co/docs/safetensors) file: the weights (float16 by
+    default, half the bytes of float32), the `TransformerConfig` as JSON and any string
+    `metadata` (the command, hardware and date that produced it). A tied output matrix is
+    stored once. safetensors holds only tensors and strings, so loading it runs no code
+    (unlike a pickle).
+    """
+    from safetensors.torch import save_file
+
+    state = {name: tensor.detach().to("cpu", dtype).contiguous() for name, tensor in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        del state["lm_head.weight"]  # the same matrix as embed.weight
+    header = {"config": json.dumps(asdict(model.config)), **metadata}
+    save_file(state, str(path), metadata=header)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Transformer, dict[str, str]]:
+    """The model saved by `save_checkpoint` (in `dtype`, eval mode, on the CPU) and its metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+    if "config" not in metadata:
+        raise ValueError(f"{path} has no 'config' in its metadata: it was not written by save_checkpoint")
+    model = Transformer(TransformerConfig(**json.loads(metadata.pop("config"))))
+    state = {name: tensor.to(dtype) for name, tensor in load_file(str(path)).items()}
+    if model.config.tie_embeddings:
+        state["lm_head.weight"] = state["embed.weight"]
+    model.load_state_dict(state, strict=True)
+    return model.to(dtype).eval(), metadata

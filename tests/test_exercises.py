@@ -52,7 +52,19 @@ def test_check_prints_success(capsys):
     assert capsys.readouterr().out.strip() == f"✅ {key}: correct."
 
 
-def test_show_solution_prints_source(capsys):
+def test_show_solution_opens_only_after_an_attempt(capsys, monkeypatch):
+    monkeypatch.setattr(exercises, "_ATTEMPTED", set())
+    exercises.show_solution("03.clm-shift")
+    locked = capsys.readouterr().out
+    assert "once you have tried" in locked and "input_ids" not in locked
+    def my_shift(input_ids):
+        ...  # your code here
+
+    for placeholder in (None, ..., my_shift):  # the notebook's placeholders are not attempts
+        exercises.check("03.clm-shift", placeholder)
+        exercises.show_solution("03.clm-shift")
+        assert capsys.readouterr().out.endswith(locked)
+    exercises.check("03.clm-shift", lambda ids: (ids, ids))  # a wrong attempt opens it
     exercises.show_solution("03.clm-shift")
     out = capsys.readouterr().out
     assert "def shift_solution" in out and "input_ids[:, 1:]" in out
@@ -79,6 +91,8 @@ def test_notebook_exercises_exist_and_solutions_are_hidden(notebook):
     assert len(solutions) >= len(checked)
     for cell in solutions:
         assert cell["metadata"].get("jupyter", {}).get("source_hidden") is True
+        shown = "".join("".join(o.get("text", "")) for o in cell.get("outputs", []))
+        assert "def " not in shown and "return" not in shown, "a committed output shows a solution"
 
 
 def test_every_registered_exercise_is_asked_in_its_notebook():

@@ -76,8 +76,14 @@ def sharp_bert(tokenizer):
 
 @pytest.fixture(scope="module")
 def gpt(tokenizer):
+    """transformers' GPT-2, the library oracle for the causal-LM loss."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     torch.manual_seed(0)
-    model = pt.tiny_gpt(len(tokenizer), hidden_size=32, num_layers=1, num_heads=2, max_length=64)
+    config = GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2, n_positions=64,
+                        bos_token_id=None, eos_token_id=None)
+    model = GPT2LMHeadModel(config)
+    model.loss_type = "ForCausalLM"
     return model.eval()
 
 
@@ -586,14 +592,19 @@ def test_tiny_bert_ties_weights_and_counts_once(bert, tokenizer):
     assert pt.count_parameters(bert) <= with_duplicates - decoder.numel()
 
 
-def test_tiny_gpt_ties_weights(gpt, tokenizer):
-    from transformers import GPT2LMHeadModel
+def test_causal_lm_loss_equals_transformer_loss(tokenizer):
+    """The decoder of notebook 02, which notebook 03 trains, computes the same shifted loss."""
+    from llm_tutorial import transformer as tf
 
-    assert isinstance(gpt, GPT2LMHeadModel)
-    assert gpt.lm_head.weight.data_ptr() == gpt.transformer.wte.weight.data_ptr()
-    assert gpt.config.vocab_size == len(tokenizer) and gpt.config.n_positions == 64
-    with_duplicates = sum(p.numel() for _, p in gpt.named_parameters(remove_duplicate=False))
-    assert pt.count_parameters(gpt) == with_duplicates - gpt.lm_head.weight.numel()
+    torch.manual_seed(0)
+    model = tf.Transformer(tf.TransformerConfig(vocab_size=len(tokenizer), dim=32, n_layers=1, n_heads=2,
+                                                max_positions=64)).eval()
+    batch = pt.clm_collate(list(torch.randint(5, len(tokenizer), (3, 10), generator=torch.Generator().manual_seed(4))))
+    with torch.no_grad():
+        out = model(**batch)
+    assert torch.allclose(pt.causal_lm_loss(out.logits, batch["input_ids"]), out.loss, atol=1e-5)
+    with_duplicates = sum(p.numel() for _, p in model.named_parameters(remove_duplicate=False))
+    assert pt.count_parameters(model) == with_duplicates - model.lm_head.weight.numel()  # tied, counted once
 
 
 def test_count_parameters_trainable_only():

@@ -348,6 +348,57 @@ def test_the_course_trainer_trains_it_on_a_repeated_pattern():
 # ---------------------------------------------------------------------------- learner mistakes
 
 
+def test_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = tr.Transformer(tr.TransformerConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, n_kv_heads=2)).eval()
+    ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(1))
+    path = tr.save_checkpoint(model, tmp_path / "m.safetensors", dtype=torch.float32, command="test")
+    loaded, metadata = tr.load_checkpoint(path)
+    assert metadata == {"command": "test"} and loaded.config == model.config
+    assert loaded.lm_head.weight is loaded.embed.weight  # tied again after loading
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    half = tr.save_checkpoint(model, tmp_path / "h.safetensors")  # float16: half the bytes
+    assert half.stat().st_size < 0.6 * path.stat().st_size
+    assert torch.allclose(tr.load_checkpoint(half)[0](ids).logits, model(ids).logits, atol=1e-3)
+
+
+def test_a_file_without_a_config_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
+    with pytest.raises(ValueError, match="not written by save_checkpoint"):
+        tr.load_checkpoint(tmp_path / "x.safetensors")
+
+
+SHIPPED_SHA256 = "0e603637ea55288fee7461f6c7810888ae29ca8f72d5b2f5f5fd9474db6e4047"
+
+
+def test_the_shipped_tiny_shakespeare_checkpoint_reproduces_its_held_out_loss():
+    """Notebook 02's full-profile model, shipped in llm_tutorial/data/checkpoints: the file is the
+    recorded one, and in float32 it scores its recorded held-out loss (<= 1.6 nats/char) on the
+    windows the notebook evaluated: 32 batches of 32 random 128-character windows of the last
+    10% of Tiny Shakespeare, drawn with seed 1 as `RandomWindows` draws them."""
+    import hashlib
+
+    path = assets.tiny_shakespeare_checkpoint()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == SHIPPED_SHA256
+    model, metadata = tr.load_checkpoint(path)
+    assert {"command", "hardware", "date", "trained", "block", "heldout_loss"} <= set(metadata)
+    text = assets.load_tiny_shakespeare()
+    chars = sorted(set(text))
+    assert model.config.vocab_size == len(chars) == 65
+    stoi = {c: i for i, c in enumerate(chars)}
+    heldout = torch.tensor([stoi[c] for c in text[int(0.9 * len(text)):]])
+    block, generator, losses = int(metadata["block"]), torch.Generator().manual_seed(1), []
+    with torch.no_grad():
+        for _ in range(32):
+            starts = torch.randint(len(heldout) - block, (32,), generator=generator)
+            windows = torch.stack([heldout[s:s + block] for s in starts])
+            losses.append(model(windows, labels=windows).loss.item())
+    loss = sum(losses) / len(losses)
+    assert loss <= 1.6 and abs(loss - float(metadata["heldout_loss"])) < 0.005, (loss, metadata["heldout_loss"])
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(dim=30, n_heads=4), "dim=30 is not divisible by n_heads=4"),
     (dict(n_heads=4, n_kv_heads=3), "n_heads=4 is not divisible by n_kv_heads=3.*among \\[1, 2, 4\\]"),

@@ -5,11 +5,13 @@ exercises with :func:`exercise`. In the notebook a learner writes an answer and 
 
     from llm_tutorial import exercises
     exercises.check("01.fertility", my_fertility)      # prints ✅ or ❌ with a hint
-    exercises.show_solution("01.fertility")            # in a collapsed cell: the reference
+    exercises.show_solution("01.fertility")            # the reference, once the learner has tried
 
 A checker receives the learner's answer (a value or a function) and returns ``None`` when it is
 right, or a hint string saying what is wrong. The reference solution is a plain function whose
-source is what :func:`show_solution` prints; the test-suite runs every checker on its reference
+source is what :func:`show_solution` prints, but only after the learner has tried the exercise
+in this kernel (any answer, right or wrong, passed to :func:`check`): committed outputs, which
+are executed with the placeholders in place, never show a solution. The test-suite runs every checker on its reference
 (must pass) and on a wrong answer (must fail with a message).
 """
 
@@ -41,6 +43,18 @@ class Exercise:
 
 
 _REGISTRY: dict[str, Exercise] = {}
+_ATTEMPTED: set[str] = set()  # keys the learner has answered (right or wrong) in this kernel
+
+
+def _stub(): ...  # the body of an exercise's placeholder function; `pass` compiles the same
+
+
+def _is_placeholder(answer: Any) -> bool:
+    """True for the untouched placeholders: None, ``...``, or a function whose body is ``...``."""
+    if answer is None or answer is Ellipsis:
+        return True
+    code = getattr(answer, "__code__", None)
+    return code is not None and code.co_code == _stub.__code__.co_code
 
 
 def exercise(key: str, question: str, checker: Checker, *, wrong_answer: Any,
@@ -95,11 +109,20 @@ def check(key: str, answer: Any) -> None:
     It returns nothing, so a notebook cell shows only the feedback; use :func:`evaluate` to
     get the verdict as a value."""
     hint = evaluate(key, answer)
+    if not _is_placeholder(answer):
+        _ATTEMPTED.add(key)
     print(f"✅ {key}: correct." if hint is None else f"❌ {key}: not yet. {hint}")
 
 
 def show_solution(key: str) -> None:
-    """Print the question and the reference solution's source code."""
+    """Print the question and the reference solution's source code, once the learner has tried.
+
+    Before any attempt it prints how to unlock the solution (and nothing of the solution), so
+    a notebook executed with its placeholders, as the committed outputs are, never shows one."""
     ex = get(key)
+    if key not in _ATTEMPTED:
+        print(f"🔒 {key}: the solution opens once you have tried the exercise. Put your answer in "
+              "the cell above and run it (a wrong answer counts too), then run this cell again.")
+        return
     print(f"# {key}: {ex.question}\n")
     print(inspect.getsource(ex.solution))
