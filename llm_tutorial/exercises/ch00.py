@@ -3,6 +3,8 @@
 * ``00.cosine-lr``: the learning rate of the course trainer's warm-up + cosine-decay schedule.
 * ``00.seeded-noise``: reproducible random numbers from a seed, without touching the global
   random state that ``runtime.seed_everything`` sets.
+* ``00.steps-near-peak``: predict, then run: how many steps of a cosine schedule stay within
+  10% of the peak learning rate?
 
 Both checkers run on the CPU in milliseconds and are deterministic: they compare against
 ``trainer.lr_lambda`` and against the learner's own function called twice. The second checker
@@ -227,3 +229,39 @@ def _noise_from_global_seed(seed, n):
 def noise(seed, n):
     generator = torch.Generator().manual_seed(seed)  # private: the global RNG is left alone
     return torch.randn(n, generator=generator)
+
+
+# --------------------------------------------------------------------------- 00.steps-near-peak
+
+_NEAR_PEAK = dict(max_steps=100, warmup_steps=10, fraction=0.9)
+
+
+def _steps_near_peak(schedule: str) -> int:
+    s = _NEAR_PEAK
+    return sum(lr_lambda(step, max_steps=s["max_steps"], warmup_steps=s["warmup_steps"], schedule=schedule)
+               >= s["fraction"] for step in range(s["max_steps"]))
+
+
+def _check_steps_near_peak(answer) -> str | None:
+    if isinstance(answer, bool) or not isinstance(answer, numbers.Number):
+        return "answer with a number of steps (an int), e.g. steps_near_peak = 30"
+    right, linear = _steps_near_peak("cosine"), _steps_near_peak("linear")
+    if abs(answer - right) <= 1:
+        return None
+    if abs(answer - linear) <= 1:
+        return (f"{answer} is the count for the linear schedule; the cosine stays near its peak "
+                "longer: solve (1 + cos(pi p)) / 2 >= 0.9 for the progress p")
+    return (f"not {answer}: after warm-up, (1 + cos(pi p)) / 2 >= 0.9 means cos(pi p) >= 0.8, "
+            "so p <= acos(0.8) / pi; the decay spans max_steps - warmup_steps = 90 steps")
+
+
+@exercise(
+    "00.steps-near-peak",
+    "Predict, then run: with schedule='cosine', max_steps=100 and warmup_steps=10, at how many of "
+    "the steps 0..99 is the learning rate at least 90% of its peak? (±1 step is accepted)",
+    _check_steps_near_peak, wrong_answer=11, answer_is_value=True,
+)
+def steps_near_peak_solution() -> int:
+    warmup_steps = 1  # only step 9: (9 + 1) / (10 + 1) = 0.909
+    p_max = math.acos(0.8) / math.pi  # cosine: (1 + cos(pi p)) / 2 >= 0.9
+    return warmup_steps + math.floor(p_max * 90) + 1  # steps 10 .. 10 + floor(18.4)
