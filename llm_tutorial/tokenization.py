@@ -61,6 +61,7 @@ __all__ = [
 BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 BPE_SPECIAL_TOKEN = "<|endoftext|>"
 CHAR_SPECIAL_TOKENS = ["[PAD]", "[UNK]"]
+CHAR_BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # for MLM on characters
 SPACE_SYMBOL = "▁"  # how the character tokenizer shows a space (as SentencePiece does)
 
 # --------------------------------------------------------------------------- input checks
@@ -242,7 +243,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 8000, min_frequency: int =
 
 
 def train_char_tokenizer(texts: Iterable[str], min_frequency: int = 1,
-                         model_max_length: int = 2048) -> PreTrainedTokenizerFast:
+                         model_max_length: int = 2048, bert_specials: bool = False) -> PreTrainedTokenizerFast:
     """Train a character-level tokenizer: one token per character seen in ``texts``.
 
     It is a word-level model whose "words" are single characters: a normaliser shows spaces as
@@ -250,7 +251,8 @@ def train_char_tokenizer(texts: Iterable[str], min_frequency: int = 1,
     trainer keeps the characters seen at least ``min_frequency`` times (ids after ``[PAD]`` = 0
     and ``[UNK]`` = 1, most frequent first). A character never seen becomes ``[UNK]``. Decoding
     turns ``▁`` back into spaces and joins the characters, so ``decode(encode(text)) == text``
-    for any text made of known characters.
+    for any text made of known characters. ``bert_specials`` adds ``[CLS]``, ``[SEP]`` and
+    ``[MASK]`` (ids 2, 3, 4), which masked-language-model pretraining needs (notebook 03).
     """
     texts = _check_texts(texts)
     _check_count("min_frequency", min_frequency, 1)
@@ -260,9 +262,12 @@ def train_char_tokenizer(texts: Iterable[str], min_frequency: int = 1,
     backend.decoder = decoders.Sequence([decoders.Replace(SPACE_SYMBOL, " "), decoders.Fuse()])
     trainer = tk_trainers.WordLevelTrainer(
         vocab_size=1_000_000, min_frequency=min_frequency, show_progress=False,
-        special_tokens=CHAR_SPECIAL_TOKENS,
+        special_tokens=CHAR_BERT_SPECIAL_TOKENS if bert_specials else CHAR_SPECIAL_TOKENS,
     )
     backend.train_from_iterator(texts, trainer=trainer)
+    if bert_specials:
+        return _wrap(backend, model_max_length, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                     sep_token="[SEP]", mask_token="[MASK]")
     return _wrap(backend, model_max_length, pad_token="[PAD]", unk_token="[UNK]")
 
 

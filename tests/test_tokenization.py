@@ -133,6 +133,20 @@ def test_char_tokenizer_min_frequency():
     assert "a" in vocab and "b" not in vocab and "c" not in vocab
 
 
+def test_char_tokenizer_with_bert_specials_can_be_masked():
+    from llm_tutorial import pretraining as pt
+
+    chars = train_char_tokenizer(TRAIN, bert_specials=True)
+    assert [chars.pad_token_id, chars.unk_token_id, chars.cls_token_id, chars.sep_token_id,
+            chars.mask_token_id] == [0, 1, 2, 3, 4]
+    assert chars.decode(chars("ab cd", add_special_tokens=False)["input_ids"]) == "ab cd"
+    blocks = pt.pack_texts(chars, TRAIN, block_size=16)
+    assert (blocks[:, 0] == 2).all() and (blocks[:, -1] == 3).all()
+    batch = pt.MLMCollator(chars, seed=0)(list(blocks))
+    selected = batch["labels"] != -100
+    assert selected.any() and not selected[:, [0, -1]].any()  # [CLS] and [SEP] are never masked
+
+
 # ---------------------------------------------------------------------------- measuring
 
 
