@@ -353,6 +353,9 @@ class TransformerConfig:
       tables cover.
     * `use_sdpa` swaps the hand-written `attention` for PyTorch's fused kernel; every layer
       reads it at each call, so `model.config.use_sdpa = True` switches a built model.
+    * `causal=False` makes the same network an *encoder*, as BERT is: no causal mask, so every
+      token sees both sides, and the loss is unshifted (each labelled position predicts its own
+      token, the masked-LM loss of notebook 03). It cannot generate.
     """
 
     vocab_size: int = 65
@@ -366,6 +369,7 @@ class TransformerConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     use_sdpa: bool = False
+    causal: bool = True
 
     def __post_init__(self) -> None:
         self.n_kv_heads = self.n_heads if self.n_kv_heads is None else self.n_kv_heads
@@ -452,7 +456,8 @@ class Transformer(nn.Module):
                              f"crop the input (input_ids[:, -max_positions:]) or raise max_positions")
         if labels is not None and labels.shape != input_ids.shape:  # e.g. labels shifted by hand
             raise ValueError(f"labels {tuple(labels.shape)} must have input_ids' shape: pass labels=input_ids")
-        mask = causal_mask(t, past, input_ids.device) if t > 1 else None  # one new token sees all
+        causal = self.config.causal  # an encoder (causal=False) lets every token see both sides
+        mask = causal_mask(t, past, input_ids.device) if causal and t > 1 else None  # one new token sees all
         if attention_mask is not None:
             if attention_mask.shape != (batch, past + t):
                 raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must be (batch, cached + new) "
@@ -475,9 +480,12 @@ class Transformer(nn.Module):
         logits = self.lm_head(self.norm(x))
 
         loss = None
-        if labels is not None:  # position t predicts token t + 1
+        if labels is not None and causal:  # position t predicts token t + 1
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
                                    labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+        elif labels is not None:  # an encoder: each labelled (masked) position predicts its own token
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
         return TransformerOutput(logits=logits, loss=loss, cache=cache)
 
 
@@ -540,6 +548,9 @@ def generate_tokens(model: Transformer, input_ids: torch.Tensor, max_new_tokens:
     extended by a 1 per generated token. With `eos_token_id`, generation stops once every row
     has produced it (rows that finished earlier keep going: cut them at their first eos).
     """
+    if not model.config.causal:
+        raise ValueError("this model is an encoder (causal=False): it sees both sides of every token, "
+                         "so it cannot generate left to right; train a causal model (causal=True) to generate")
     with eval_mode(model):
         ids = input_ids
         cache = KVCache(model.config.n_layers) if use_cache else None

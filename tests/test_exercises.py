@@ -60,7 +60,11 @@ def test_show_solution_opens_only_after_an_attempt(capsys, monkeypatch):
     def my_shift(input_ids):
         ...  # your code here
 
-    for placeholder in (None, ..., my_shift):  # the notebook's placeholders are not attempts
+    def documented(input_ids):
+        """A docstring, then the placeholder of notebooks 04-10."""
+        return None  # your code here
+
+    for placeholder in (None, ..., (None, None), my_shift, documented):  # the notebooks' placeholders
         exercises.check("03.clm-shift", placeholder)
         exercises.show_solution("03.clm-shift")
         assert capsys.readouterr().out.endswith(locked)
@@ -101,3 +105,23 @@ def test_every_registered_exercise_is_asked_in_its_notebook():
         text = notebook.read_text(encoding="utf-8")
         asked |= {k for k in KEYS if k.startswith(notebook.name[:2]) and f'exercises.check(\\"{k}\\"' in text}
     assert set(KEYS) == asked, f"registered but never asked: {sorted(set(KEYS) - asked)}"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_notebooks_placeholders_do_not_open_the_solutions(notebook):
+    """Committed outputs are executed with the placeholders in place: each must be recognised as
+    one, or show_solution would print the solution into the committed outputs."""
+    answers = {}
+
+    class Recorder:
+        @staticmethod
+        def check(key, answer):
+            answers[key] = answer
+
+    for cell in json.loads(notebook.read_text())["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and "exercises.check(" in source:
+            exec(compile(source, f"{notebook.name} exercise cell", "exec"), {"exercises": Recorder})
+    assert answers
+    opened = [key for key, answer in answers.items() if not exercises._is_placeholder(answer)]
+    assert not opened, f"placeholders taken for attempts: {opened}"

@@ -348,6 +348,30 @@ def test_the_course_trainer_trains_it_on_a_repeated_pattern():
 # ---------------------------------------------------------------------------- learner mistakes
 
 
+def test_an_encoder_sees_both_sides_and_has_the_masked_lm_loss():
+    from llm_tutorial import pretraining as pt
+
+    torch.manual_seed(0)
+    config = tr.TransformerConfig(vocab_size=30, dim=32, n_layers=2, n_heads=4, causal=False)
+    encoder = tr.Transformer(config).eval()
+    ids = torch.randint(0, 30, (2, 10), generator=torch.Generator().manual_seed(1))
+    changed = ids.clone()
+    changed[:, -1] = (ids[:, -1] + 1) % 30  # only the last token changes
+    with torch.no_grad():
+        first, second = encoder(ids).logits, encoder(changed).logits
+    assert not torch.allclose(first[:, 0], second[:, 0])  # the first position sees the last token
+    decoder = tr.Transformer(tr.TransformerConfig(vocab_size=30, dim=32, n_layers=2, n_heads=4)).eval()
+    with torch.no_grad():
+        assert torch.allclose(decoder(ids).logits[:, :-1], decoder(changed).logits[:, :-1])  # causal: it cannot
+    labels = torch.full_like(ids, -100)
+    labels[:, [2, 5]] = ids[:, [2, 5]]
+    with torch.no_grad():
+        out = encoder(ids, labels=labels)
+    assert torch.allclose(out.loss, pt.mlm_loss(out.logits, labels), atol=1e-6)  # unshifted, masked positions only
+    with pytest.raises(ValueError, match="encoder"):
+        tr.generate_tokens(encoder, ids, 3)
+
+
 def test_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
     model = tr.Transformer(tr.TransformerConfig(vocab_size=50, dim=32, n_layers=2, n_heads=4, n_kv_heads=2)).eval()

@@ -17,6 +17,7 @@ are executed with the placeholders in place, never show a solution. The test-sui
 
 from __future__ import annotations
 
+import dis
 import importlib
 import inspect
 import pkgutil
@@ -46,15 +47,22 @@ _REGISTRY: dict[str, Exercise] = {}
 _ATTEMPTED: set[str] = set()  # keys the learner has answered (right or wrong) in this kernel
 
 
-def _stub(): ...  # the body of an exercise's placeholder function; `pass` compiles the same
+def _instructions(code) -> list[tuple[str, Any]]:
+    return [(i.opname, i.argval) for i in dis.get_instructions(code) if i.opname not in ("RESUME", "NOP")]
+
+
+def _stub(): ...  # the body of an exercise's placeholder function; `pass` and `return None` compile the same
 
 
 def _is_placeholder(answer: Any) -> bool:
-    """True for the untouched placeholders: None, ``...``, or a function whose body is ``...``."""
+    """True for the untouched placeholders: None, ``...``, a tuple of them, or a function whose
+    body only returns None (``...``, ``pass``, ``return None``, with or without a docstring)."""
     if answer is None or answer is Ellipsis:
         return True
+    if isinstance(answer, tuple) and answer:
+        return all(_is_placeholder(part) for part in answer)
     code = getattr(answer, "__code__", None)
-    return code is not None and code.co_code == _stub.__code__.co_code
+    return code is not None and _instructions(code) == _instructions(_stub.__code__)
 
 
 def exercise(key: str, question: str, checker: Checker, *, wrong_answer: Any,
