@@ -75,13 +75,13 @@ def test_show_solution_opens_only_after_an_attempt(capsys, monkeypatch):
 
 
 def test_unknown_key_lists_known_ones():
-    with pytest.raises(KeyError, match="03.mlm-loss"):
+    with pytest.raises(KeyError, match="03.unigram-loss"):
         exercises.get("99.nope")
 
 
 def test_duplicate_registration_is_refused():
     with pytest.raises(ValueError, match="twice"):
-        exercises.exercise("03.mlm-loss", "again", lambda answer: None, wrong_answer=0)(lambda: 0)
+        exercises.exercise("03.unigram-loss", "again", lambda answer: None, wrong_answer=0)(lambda: 0)
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)

@@ -1,8 +1,9 @@
 """Exercises for notebook 03 · Pretraining objectives.
 
-* ``03.mlm-loss``: write the masked-LM loss from log-softmax and gather.
+* ``03.unigram-loss``: write the baseline every language model must beat.
 * ``03.clm-shift``: build the (inputs, targets) pair of causal language modelling.
 * ``03.expected-masks``: how many tokens does BERT's rule turn into ``[MASK]``?
+* ``03.more-masked``: predict, then measure: does a BERT's loss rise or fall when more is masked?
 """
 
 from __future__ import annotations
@@ -11,47 +12,57 @@ import math
 import numbers
 
 import torch
-import torch.nn.functional as F
 
 from llm_tutorial.exercises import exercise
 
 
-def _fixed_logits_and_labels() -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(7)
-    logits = torch.randn(2, 6, 11, generator=generator)
-    labels = torch.full((2, 6), -100, dtype=torch.long)
-    labels[0, 1], labels[0, 4], labels[1, 0], labels[1, 5] = 3, 9, 0, 7
-    return logits, labels
+def _unigram_data() -> tuple[torch.Tensor, torch.Tensor]:
+    train = torch.tensor([[1, 2, 2, 3, 3, 3], [3, 3, 4, 4, -100, -100]])
+    targets = torch.tensor([[3, 4, 2, -100], [5, 3, 1, -100]])  # token 5 never occurs in train
+    return train, targets
 
 
-def _check_mlm_loss(my_mlm_loss) -> str | None:
-    if not callable(my_mlm_loss):
-        return "pass the function itself, `my_mlm_loss`, not a value"
-    logits, labels = _fixed_logits_and_labels()
-    got = my_mlm_loss(logits, labels)
+def _unigram_reference(train, targets, vocab_size, smoothing=1.0) -> float:
+    train, targets = train[train != -100], targets[targets != -100]
+    counts = torch.bincount(train, minlength=vocab_size).double() + smoothing
+    return float(-(counts / counts.sum()).log()[targets].mean())
+
+
+def _check_unigram_loss(my_unigram_loss) -> str | None:
+    if not callable(my_unigram_loss):
+        return "pass the function itself, `my_unigram_loss`, not a value"
+    train, targets = _unigram_data()
+    got = my_unigram_loss(train, targets, 6)
     if got is None:
-        return "your function returned None: return the mean negative log-probability"
-    if not isinstance(got, torch.Tensor) or got.numel() != 1:
-        return "return a scalar tensor (one number), e.g. `-true_log_probs.mean()`"
-    expected = F.cross_entropy(logits.view(-1, 11), labels.view(-1))
-    if torch.allclose(got.float(), expected, atol=1e-5):
+        return "your function returned None: return the mean negative log-probability (a number)"
+    got = float(got)
+    expected = _unigram_reference(train, targets, 6)
+    if math.isclose(got, expected, rel_tol=1e-6):
         return None
-    everywhere = F.cross_entropy(logits.view(-1, 11), labels.clamp(min=0).view(-1))
-    if torch.allclose(got.float(), everywhere, atol=1e-5):
-        return "you scored every position: keep only positions where labels != -100"
-    if torch.allclose(got.float(), -expected, atol=1e-5):
-        return "the sign is flipped: the loss is the *negative* log-probability"
-    return f"expected {float(expected):.4f}, got {float(got):.4f}: log_softmax over the last dim, then gather"
+    if math.isinf(got) or math.isnan(got):
+        return ("token 5 never occurs in the training ids, so its frequency is 0 and log 0 = -inf: "
+                "add 1 to every count (add-one smoothing) before normalising")
+    if math.isclose(got, -expected, rel_tol=1e-6):
+        return "the sign is flipped: the loss is the *negative* mean log-probability"
+    if math.isclose(got, expected / math.log(2), rel_tol=1e-6):
+        return "that is in bits: use the natural logarithm (nats), as cross_entropy does"
+    seen_in_targets = _unigram_reference(targets, targets, 6)
+    if math.isclose(got, seen_in_targets, rel_tol=1e-6):
+        return ("you counted the *targets*: the frequencies must come from the training ids, "
+                "or the baseline peeks at the text it is scored on")
+    return (f"expected {expected:.4f}, got {got:.4f}: count each id in train_ids (skip -100), add 1, "
+            "divide by the total, and average -log p over the target ids (skip -100)")
 
 
-@exercise("03.mlm-loss", "Write mlm_loss(logits, labels): the mean negative log-probability of the "
-          "true token at positions whose label is not -100.", _check_mlm_loss,
-          wrong_answer=lambda logits, labels: F.cross_entropy(
-              logits.view(-1, logits.shape[-1]), labels.clamp(min=0).view(-1)))
-def mlm_loss_solution(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    selected = labels != -100
-    log_probs = torch.log_softmax(logits[selected], dim=-1)
-    return -log_probs.gather(1, labels[selected].unsqueeze(1)).mean()
+@exercise("03.unigram-loss", "Write my_unigram_loss(train_ids, target_ids, vocab_size): the "
+          "cross-entropy (nats) of target_ids under the add-one-smoothed frequencies of "
+          "train_ids, skipping -100 in both.", _check_unigram_loss,
+          wrong_answer=lambda train, targets, vocab_size: _unigram_reference(targets, targets, vocab_size))
+def unigram_loss_solution(train_ids: torch.Tensor, target_ids: torch.Tensor, vocab_size: int) -> float:
+    train, targets = train_ids[train_ids != -100], target_ids[target_ids != -100]
+    counts = torch.bincount(train, minlength=vocab_size).double() + 1  # add-one: no token gets p = 0
+    log_p = (counts / counts.sum()).log()
+    return float(-log_p[targets].mean())
 
 
 def _check_shift(my_shift) -> str | None:
@@ -96,3 +107,25 @@ def _check_expected_masks(answer) -> str | None:
 def expected_masks_solution() -> float:
     ordinary_tokens, p_select, p_mask = 10_000, 0.15, 0.8
     return ordinary_tokens * p_select * p_mask
+
+
+def _check_more_masked(answer) -> str | None:
+    if not isinstance(answer, str):
+        return 'answer with one of the words "higher", "lower" or "same"'
+    answer = answer.strip().lower()
+    if answer == "higher":
+        return None
+    if answer in {"lower", "same"}:
+        return ("each masked character now has fewer visible neighbours (40% of its context is "
+                "hidden, not 15%), so it is harder to guess: run the cell and look")
+    return 'answer with one of the words "higher", "lower" or "same"'
+
+
+@exercise("03.more-masked", "Predict, then measure: the tiny BERT was trained with 15% of the "
+          "characters masked. Scored on held-out text with 40% masked, is its loss per masked "
+          'character "higher", "lower" or "same" (within 0.05 nats)?', _check_more_masked,
+          wrong_answer="lower", answer_is_value=True)
+def more_masked_solution() -> str:
+    # Masking more removes context: a masked character's neighbours are themselves hidden more
+    # often, so the model falls back towards the unigram guess and its loss rises.
+    return "higher"
