@@ -14,8 +14,10 @@ the pieces of notebook 10's report card, each small enough to read in one sittin
 * **generation metrics**: perplexity, the unbiased **pass@k** estimator, and hand-written
   BLEU, chrF and ROUGE-L (checked against `sacrebleu` and `rouge-score` in the tests), plus
   entity-level F1 (checked against `seqeval`);
-* **LLM-as-judge**: yes/no and A/B judge prompts scored from next-token probabilities, and
-  Cohen's kappa for agreement with a programmatic verifier;
+* **LLM-as-judge**: yes/no judge prompts scored by the log-odds of "Yes" against "No",
+  averaged over both answer orders (position debiasing), a verdict threshold calibrated on a dev
+  split, Cohen's kappa with a bootstrap interval, and a **reward model** (a Bradley–Terry head
+  on frozen embeddings, trained on the vendored preference pairs) as a judge to compare with;
 * **bias probes** by counterfactual substitution (pronouns, first names): flip rate and
   confidence shift;
 * **interpretability**: integrated gradients over input embeddings (with its completeness
@@ -76,8 +78,16 @@ __all__ = [
     "entity_prf",
     "judge_prompt",
     "pairwise_prompt",
+    "load_preference_pairs",
+    "preference_prompt",
+    "choice_log_odds",
     "choice_probability",
     "cohen_kappa",
+    "swap_average",
+    "position_bias",
+    "calibrate_threshold",
+    "judge_agreement",
+    "fit_bradley_terry",
     "GENDER_SWAPS",
     "swap_words",
     "replace_spans",
@@ -850,6 +860,37 @@ def pairwise_prompt(tokenizer, instruction: str, first: str, second: str) -> str
     return chat_prompt(tokenizer, text)
 
 
+def load_preference_pairs() -> list[dict[str, str]]:
+    """
+    The 1,100 vendored preference records (Raschka, *LLMs from scratch*, chapter 7): the
+    instructions of `assets.load_instruction_data()`, in the same order, each with a `chosen`
+    and a `rejected` answer. One of the two is the original answer, the other a rewrite by
+    Llama 3.1 70B; the *chosen* one is the more polite of the two.
+    """
+    import json
+
+    from llm_tutorial import assets
+
+    path = assets.asset_path("instruction_data").with_name("instruction-data-with-preference.json")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def preference_prompt(tokenizer, instruction: str, first: str, second: str) -> str:
+    """A pairwise yes/no question in the model's chat format (a one-line system message, the
+    question, then the task and the answers A and B), with the criterion of the preference data
+    spelled out: is A more polite and helpful than B? Swap `first` and `second` to ask the same
+    question with the answers in the other order."""
+    for name, value in (("instruction", instruction), ("first", first), ("second", second)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{name} must be a non-empty string")
+    # the question first: the part every prompt shares, read once by `choice_log_odds`
+    text = ("Is A more polite and helpful than B? Reply with Yes or No.\n"
+            f"Task: {instruction}\nA: {first}\nB: {second}")
+    messages = [{"role": "system", "content": "You are a fair judge."},
+                {"role": "user", "content": text}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
 def _option_ids(tokenizer, option: str) -> list[int]:
     ids = set()
     for variant in (option, " " + option, option.lower(), " " + option.lower()):
@@ -862,13 +903,41 @@ def _option_ids(tokenizer, option: str) -> list[int]:
     return sorted(ids)
 
 
+def _shared_prefix_length(ids: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every sequence shares, keeping at least one token of each."""
+    shared = min(len(row) for row in ids) - 1
+    for n, token in enumerate(ids[0][:shared]):
+        if any(row[n] != token for row in ids):
+            return n
+    return max(shared, 0)
+
+
+def _after_prefix(rest: list[list[int]], shared: int, pad: int, device: torch.device
+                  ) -> dict[str, torch.Tensor]:
+    """Model inputs for the tokens that follow a cached `shared`-token prefix: left-padded (so
+    every prompt ends at the last position), an attention mask over prefix + rest, and position
+    ids that continue the prefix's (shared, shared + 1, ...) whatever the padding."""
+    width = max(len(r) for r in rest)
+    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rest], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rest], device=device)
+    return {"input_ids": input_ids,
+            "attention_mask": torch.cat([mask.new_ones(len(rest), shared), mask], 1),
+            "position_ids": (shared + mask.cumsum(-1) - 1).clamp(min=shared)}
+
+
 @torch.no_grad()
-def choice_probability(model: nn.Module, tokenizer, prompts: Sequence[str],
-                       options: tuple[str, str] = ("Yes", "No"), batch_size: int = 8) -> np.ndarray:
+def choice_log_odds(model: nn.Module, tokenizer, prompts: Sequence[str],
+                    options: tuple[str, str] = ("Yes", "No"), batch_size: int = 8) -> np.ndarray:
     """
-    For each prompt, the judge's probability of `options[0]` against `options[1]` as the
-    next token: $p_0 / (p_0 + p_1)$, each summed over the option's spellings ("Yes", " yes",
-    ...). One forward pass per prompt, no sampling: a deterministic, graded verdict.
+    For each prompt, the judge's **log-odds** of `options[0]` against `options[1]` as the next
+    token: $\\log p_0 - \\log p_1$, each $p$ summed over the option's spellings ("Yes", " yes",
+    ...). One forward pass per prompt, no sampling: a deterministic, graded verdict. 0 means
+    "no preference"; a judge whose $p_0$ is tiny next to $p_1$ still ranks answers by how far
+    below 0 it sits, which is what a calibrated threshold uses.
+
+    **Prefix caching:** the tokens that begin every prompt (a judge's instructions) are read
+    once, and their keys and values (notebook 02's KV cache) are reused for every prompt; only
+    the rest is computed per prompt. The numbers are those of full forward passes.
     """
     from llm_tutorial.finetuning import check_texts
     from llm_tutorial.trainer import eval_mode, model_device
@@ -878,24 +947,43 @@ def choice_probability(model: nn.Module, tokenizer, prompts: Sequence[str],
         raise ValueError(f"options must be two strings, got {options!r}")
     first, second = _option_ids(tokenizer, options[0]), _option_ids(tokenizer, options[1])
     device = model_device(model)
+    ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    shared = _shared_prefix_length(ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    parameters = inspect.signature(model.forward).parameters
     # only the last position's logits are needed: skip the vocabulary projection elsewhere
-    keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    out = []
-    try:
-        with eval_mode(model):
-            for start in runtime.batch_progress(range(0, len(prompts), batch_size), desc="judge"):
-                enc = tokenizer(list(prompts[start:start + batch_size]), return_tensors="pt",
-                                padding=True, add_special_tokens=False)
-                logits = model(input_ids=enc["input_ids"].to(device),
-                               attention_mask=enc["attention_mask"].to(device),
-                               **keep).logits[:, -1].float()
-                probs = logits.softmax(-1)
-                a, b = probs[:, first].sum(-1), probs[:, second].sum(-1)
-                out.append((a / (a + b)).cpu())
-    finally:
-        tokenizer.padding_side = side
-    return torch.cat(out).numpy()
+    keep = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+    # transformers 5 renames the KV cache argument `past_key_values` to `cache` (5.2x and later)
+    cache_kw = "cache" if "cache" in parameters else "past_key_values"
+    order = np.argsort([len(row) for row in ids], kind="stable")  # similar lengths: little padding
+    out = np.empty(len(ids))
+    with eval_mode(model):
+        prefix_cache = None
+        if shared:
+            prefix = torch.tensor([ids[0][:shared]], device=device)
+            output = model(input_ids=prefix, use_cache=True, **keep)
+            prefix_cache = getattr(output, "cache", None)
+            prefix_cache = prefix_cache if prefix_cache is not None else output.past_key_values
+        for start in runtime.batch_progress(range(0, len(ids), batch_size), desc="judge"):
+            rows = order[start:start + batch_size]
+            batch = _after_prefix([ids[i][shared:] for i in rows], shared, pad, device)
+            cache = None
+            if prefix_cache is not None:  # a copy per batch: the forward pass appends to it
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(rows))
+            logits = model(**batch, use_cache=cache is not None, **{cache_kw: cache},
+                           **keep).logits[:, -1].float()
+            log_probs = logits.log_softmax(-1)
+            a, b = log_probs[:, first].logsumexp(-1), log_probs[:, second].logsumexp(-1)
+            out[rows] = (a - b).double().cpu().numpy()
+    return out
+
+
+def choice_probability(model: nn.Module, tokenizer, prompts: Sequence[str],
+                       options: tuple[str, str] = ("Yes", "No"), batch_size: int = 8) -> np.ndarray:
+    """The judge's probability of `options[0]` against `options[1]`, $p_0 / (p_0 + p_1)$: the
+    sigmoid of `choice_log_odds`."""
+    return 1.0 / (1.0 + np.exp(-choice_log_odds(model, tokenizer, prompts, options, batch_size)))
 
 
 def cohen_kappa(a: Any, b: Any) -> float:
@@ -913,6 +1001,120 @@ def cohen_kappa(a: Any, b: Any) -> float:
     if expected == 1.0:
         return 1.0 if observed == 1.0 else 0.0
     return (observed - expected) / (1 - expected)
+
+
+def _scores(values: Any, name: str) -> np.ndarray:
+    """A non-empty 1-D array of finite float scores."""
+    array = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values,
+                       dtype=np.float64)
+    if array.ndim != 1 or len(array) == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array of scores, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return array
+
+
+def swap_average(score_ab: Any, score_ba: Any) -> np.ndarray:
+    """
+    **Position debiasing.** Ask the judge about each pair twice: `score_ab[i]` is its score
+    (log-odds) for "the first answer wins" with pair *i* shown as (A, B), `score_ba[i]` the
+    same question with the two answers swapped. The debiased score of "A beats B" is
+
+    $$d = \\tfrac12\\bigl(s(A, B) - s(B, A)\\bigr).$$
+
+    A judge that adds a constant $c$ for whatever stands first (or for saying "Yes") adds $c$ to
+    both terms, and it cancels. $d$ is antisymmetric: swapping the answers flips its sign, so
+    with the threshold at 0 the debiased judge names the same winner in both orders.
+    """
+    ab, ba = _scores(score_ab, "score_ab"), _scores(score_ba, "score_ba")
+    if len(ab) != len(ba):
+        raise ValueError(f"score_ab has {len(ab)} entries but score_ba has {len(ba)}: one score "
+                         "per pair in each order, pairs in the same order")
+    return (ab - ba) / 2
+
+
+def position_bias(score_ab: Any, score_ba: Any, threshold: float = 0.0) -> dict[str, float]:
+    """
+    How much a pairwise judge reads *positions*: the verdict in each order is "the first answer
+    wins" when the score is above `threshold`.
+
+    * `first_rate`: share of all verdicts (both orders) that name the first-shown answer; a
+      judge without position bias is near 0.5 whatever the answers;
+    * `consistent`: share of pairs whose winner is the same answer in both orders (it names the
+      first answer in one order and the second in the other); 1.0 for a position-blind judge.
+    """
+    ab, ba = _scores(score_ab, "score_ab"), _scores(score_ba, "score_ba")
+    if len(ab) != len(ba):
+        raise ValueError(f"score_ab has {len(ab)} entries but score_ba has {len(ba)}")
+    first_ab, first_ba = ab > threshold, ba > threshold
+    return {"first_rate": float(np.mean(np.r_[first_ab, first_ba])),
+            "consistent": float(np.mean(first_ab != first_ba))}
+
+
+def calibrate_threshold(scores: Any, labels: Any) -> float:
+    """
+    The verdict threshold that agrees best with the labels of a **dev split**: the `t` that
+    maximises Cohen's kappa between `scores > t` and `labels` (0/1). Candidates are the
+    midpoints between consecutive distinct scores, plus one below the lowest and one above the
+    highest (the "always yes" and "always no" judges, both at kappa 0); among tied best ones the
+    lowest wins. Fit it on dev and *apply* it to test: a threshold tuned on the test set
+    flatters the judge.
+    """
+    x = _scores(scores, "scores")
+    y = _labels(labels, "labels")
+    if len(x) != len(y):
+        raise ValueError(f"scores has {len(x)} entries but labels has {len(y)}")
+    if y.max() > 1:
+        raise ValueError("labels must be 0/1 (1 = the judge should say yes)")
+    values = np.unique(x)
+    candidates = np.r_[values[0] - 1.0, (values[:-1] + values[1:]) / 2, values[-1] + 1.0]
+    kappas = [cohen_kappa(y, (x > t).astype(int)) for t in candidates]
+    return float(candidates[int(np.argmax(kappas))])
+
+
+def judge_agreement(scores: Any, labels: Any, threshold: float = 0.0, n_resamples: int = 1000,
+                    confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """
+    Score a judge like an instrument: its verdict is "yes" when `scores > threshold` (take the
+    threshold from `calibrate_threshold` on a *dev* split, then call this on *test*). Returns
+    Cohen's kappa with a percentile-bootstrap interval over the items (`bootstrap_ci`), the
+    accuracy, the share of "yes" verdicts, and the number of items.
+    """
+    x, y = _scores(scores, "scores"), _labels(labels, "labels")
+    if len(x) != len(y):
+        raise ValueError(f"scores has {len(x)} entries but labels has {len(y)}")
+    verdict = (x > threshold).astype(int)
+    kappa = bootstrap_ci(cohen_kappa, y, verdict, n_resamples=n_resamples, confidence=confidence,
+                         seed=seed)
+    return {"kappa": kappa["estimate"], "low": kappa["low"], "high": kappa["high"],
+            "accuracy": accuracy(y, verdict), "yes_rate": float(verdict.mean()), "n": len(y)}
+
+
+def fit_bradley_terry(chosen: Any, rejected: Any, C: float = 1.0) -> np.ndarray:
+    """
+    A **reward model** head: weights $w$ of a linear reward $r(x) = w^\\top x$ on the answers'
+    features, fitted so that
+
+    $$P(\\text{chosen} \\succ \\text{rejected}) = \\sigma\\bigl(r(x_c) - r(x_r)\\bigr)$$
+
+    (the Bradley–Terry model; the loss of RLHF reward models, Ouyang et al. 2022). That is
+    logistic regression without an intercept on the differences $x_c - x_r$; each pair goes in
+    both ways round (label 1, and its negation with label 0) so the two classes balance. The
+    L2 penalty is $\\lVert w\\rVert^2 / (2C)$ next to the summed loss of those rows
+    (scikit-learn's `C`).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    xc, xr = np.asarray(chosen, dtype=np.float64), np.asarray(rejected, dtype=np.float64)
+    if xc.ndim != 2 or xc.shape != xr.shape or len(xc) == 0:
+        raise ValueError(f"chosen and rejected must be (pairs, features) arrays of one shape, got "
+                         f"{xc.shape} and {xr.shape}")
+    if not isinstance(C, (int, float)) or isinstance(C, bool) or C <= 0:
+        raise ValueError(f"C (inverse regularisation strength) must be > 0, got {C!r}")
+    diff = xc - xr
+    fit = LogisticRegression(C=C, fit_intercept=False, max_iter=5000, tol=1e-8)
+    fit.fit(np.r_[diff, -diff], np.r_[np.ones(len(diff)), np.zeros(len(diff))])
+    return fit.coef_[0]
 
 
 # ------------------------------------------------------------------------------ counterfactual bias

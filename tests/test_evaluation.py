@@ -877,6 +877,170 @@ def test_choice_probability_rejects_multi_token_options(judge):
         ev.choice_probability(model, tokenizer, prompts, options=("Yes", "No", "A"))
 
 
+def test_choice_log_odds_is_the_log_ratio_of_the_option_probabilities(judge):
+    model, tokenizer = judge
+    prompts = [ev.judge_prompt(tokenizer, "what is 2 + 2 + 4 + 5", "5", reference="4"),
+               ev.judge_prompt(tokenizer, "what is 2", "4")]  # different lengths: sorted, then restored
+    log_odds = ev.choice_log_odds(model, tokenizer, prompts)
+    yes, no = tokenizer.convert_tokens_to_ids(["Yes", "yes"]), tokenizer.convert_tokens_to_ids(
+        ["No", "no"])
+    for prompt, value in zip(prompts, log_odds, strict=True):
+        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            probs = model(input_ids=ids).logits[0, -1].double().softmax(-1)
+        assert value == pytest.approx(math.log(probs[yes].sum() / probs[no].sum()), abs=1e-5)
+    np.testing.assert_allclose(ev.choice_probability(model, tokenizer, prompts),
+                               1 / (1 + np.exp(-log_odds)), rtol=1e-12)
+
+
+def test_shared_prefix_length():
+    assert ev._shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert ev._shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # one token of each is kept
+    assert ev._shared_prefix_length([[1, 2], [3, 4]]) == 0
+    assert ev._shared_prefix_length([[5]]) == 0
+
+
+def test_choice_log_odds_with_and_without_a_shared_prefix(judge):
+    model, tokenizer = judge
+    shared = [ev.preference_prompt(tokenizer, "what is 2", a, b) for a, b in
+              (("4", "5"), ("5", "4"), ("2 + 2", "4 or 5"), ("4", "4"))]
+    loose = ["Yes is the answer", "No", "what is 2 + 4 ? Yes or No"]  # no token in common
+    for prompts in (shared, loose):
+        ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        expected = []
+        for row in ids:
+            with torch.no_grad():
+                log_probs = model(input_ids=torch.tensor([row])).logits[0, -1].double().log_softmax(-1)
+            yes, no = tokenizer.convert_tokens_to_ids(["Yes", "yes"]), tokenizer.convert_tokens_to_ids(["No", "no"])
+            expected.append(float(log_probs[yes].logsumexp(0) - log_probs[no].logsumexp(0)))
+        for batch_size in (1, 3, 4):  # 4: prompts of different lengths padded after the prefix
+            np.testing.assert_allclose(ev.choice_log_odds(model, tokenizer, prompts, batch_size=batch_size),
+                                       expected, atol=1e-5)
+    assert ev._shared_prefix_length(tokenizer(shared, add_special_tokens=False)["input_ids"]) > 10
+
+
+def test_preference_prompt_asks_about_answer_a(judge):
+    _, tokenizer = judge
+    prompt = ev.preference_prompt(tokenizer, "what is 2", "4", "5")
+    assert prompt.startswith("<|im_start|>system\nYou are a fair judge.<|im_end|>\n<|im_start|>user\n")
+    assert ("<|im_start|>user\nIs A more polite and helpful than B? Reply with Yes or No.\n"
+            "Task: what is 2\nA: 4\nB: 5<|im_end|>\n") in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert "A: 5\nB: 4" in ev.preference_prompt(tokenizer, "what is 2", "5", "4")
+    with pytest.raises(ValueError, match="second must be a non-empty string"):
+        ev.preference_prompt(tokenizer, "what is 2", "4", " ")
+
+
+def test_load_preference_pairs():
+    pairs = ev.load_preference_pairs()
+    plain = assets.load_instruction_data()
+    assert len(pairs) == len(plain) == 1100
+    assert [p["instruction"] for p in pairs] == [p["instruction"] for p in plain]
+    assert set(pairs[0]) == {"instruction", "input", "output", "chosen", "rejected"}
+    # every pair keeps the original answer on one side; the other side is the rewrite
+    assert all(p["output"] in (p["chosen"], p["rejected"]) for p in pairs)
+    assert sum(p["chosen"] == p["rejected"] for p in pairs) == 6
+
+
+def test_swap_average_cancels_a_constant_position_bias():
+    # worked by hand: (3 - 1) / 2 = 1, (1 - 1) / 2 = 0, (-2 - 0) / 2 = -1
+    np.testing.assert_allclose(ev.swap_average([3.0, 1.0, -2.0], [1.0, 1.0, 0.0]), [1.0, 0.0, -1.0])
+    opinion = np.array([0.5, -1.0, 2.0])  # the judge's real log-odds that the first answer wins
+    biased_ab, biased_ba = opinion + 2.0, -opinion + 2.0  # +2 for whatever stands first
+    np.testing.assert_allclose(ev.swap_average(biased_ab, biased_ba), opinion)
+    # antisymmetric: swapping the two orders flips the sign
+    np.testing.assert_allclose(ev.swap_average(biased_ba, biased_ab), -opinion)
+    with pytest.raises(ValueError, match="score_ab has 2 entries but score_ba has 1"):
+        ev.swap_average([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="NaN or inf"):
+        ev.swap_average([1.0, np.nan], [1.0, 2.0])
+
+
+def test_position_bias_by_hand():
+    # first answer wins when the score > 0: (A,B) orders T T F T, swapped orders T F F T
+    bias = ev.position_bias([2.0, 1.0, -1.0, 0.5], [1.0, -1.0, -2.0, 3.0])
+    assert bias["first_rate"] == pytest.approx(5 / 8)
+    assert bias["consistent"] == pytest.approx(1 / 4)  # only pair 2 names the same answer twice
+    # with the threshold at 1.5 the verdicts are T F F F and F F F T
+    bias = ev.position_bias([2.0, 1.0, -1.0, 0.5], [1.0, -1.0, -2.0, 3.0], threshold=1.5)
+    assert bias == {"first_rate": pytest.approx(2 / 8), "consistent": pytest.approx(2 / 4)}
+    # a judge that always says "the first" is never consistent; its swap average always is
+    ab, ba = np.array([1.0, 2.0, 3.0]), np.array([2.0, 1.0, 0.5])
+    assert ev.position_bias(ab, ba) == {"first_rate": 1.0, "consistent": 0.0}
+    d = ev.swap_average(ab, ba)
+    assert ev.position_bias(d, -d) == {"first_rate": 0.5, "consistent": 1.0}
+
+
+def test_calibrate_threshold_by_hand():
+    # candidates -0.9, 0.225, 0.375, 0.6, 1.8 give kappa 0, 0.5, 0, 0.5, 0: the lowest best wins
+    assert ev.calibrate_threshold([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.225)
+    # a judge that never says yes (all log-odds < 0) but ranks the answers right: kappa 0 at
+    # t = 0, kappa 1 at the calibrated threshold
+    scores, labels = np.array([-5.0, -4.0, -3.0, -2.0]), np.array([0, 0, 1, 1])
+    assert ev.cohen_kappa(labels, (scores > 0).astype(int)) == 0.0
+    t = ev.calibrate_threshold(scores, labels)
+    assert t == pytest.approx(-3.5)
+    assert ev.cohen_kappa(labels, (scores > t).astype(int)) == 1.0
+    # a judge ranking every answer backwards: no threshold beats chance, "always yes" (kappa 0)
+    assert ev.calibrate_threshold([4.0, 3.0, 2.0, 1.0], [0, 0, 1, 1]) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="0/1"):
+        ev.calibrate_threshold([0.1, 0.2], [0, 2])
+    with pytest.raises(ValueError, match="scores has 3 entries but labels has 2"):
+        ev.calibrate_threshold([0.1, 0.2, 0.3], [0, 1])
+
+
+def test_judge_agreement_by_hand():
+    # threshold -3.5: verdicts 0 1 0 1 against labels 0 1 1 1: p_o = 3/4, p_e = 3/4 * 1/2 + 1/4 * 1/2
+    result = ev.judge_agreement([-4.5, -3.2, -3.9, -1.0], [0, 1, 1, 1], threshold=-3.5, n_resamples=200)
+    assert result["kappa"] == pytest.approx(0.5)
+    assert result["accuracy"] == pytest.approx(0.75) and result["yes_rate"] == pytest.approx(0.5)
+    assert result["n"] == 4 and result["low"] <= result["kappa"] <= result["high"]
+    # the interval is the bootstrap's: the same numbers as bootstrap_ci on the verdicts
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 80)
+    scores = labels + rng.normal(0, 0.8, 80)
+    result = ev.judge_agreement(scores, labels, threshold=0.5, n_resamples=300, seed=3)
+    expected = ev.bootstrap_ci(ev.cohen_kappa, labels, (scores > 0.5).astype(int), n_resamples=300, seed=3)
+    assert (result["kappa"], result["low"], result["high"]) == (expected["estimate"], expected["low"],
+                                                                  expected["high"])
+    assert 0 < result["low"] < result["kappa"] < result["high"] < 1
+    with pytest.raises(ValueError, match="scores has 2 entries but labels has 3"):
+        ev.judge_agreement([0.1, 0.2], [0, 1, 1])
+
+
+def test_fit_bradley_terry_by_hand():
+    # one pair, one feature, difference 1, C = 0.5: the rows (1, label 1) and (-1, label 0) give
+    # the stationary point w = 2C * sigmoid(-w) = sigmoid(-w), i.e. w = 1 / (1 + e^w) = 0.401058...
+    w = ev.fit_bradley_terry([[1.0]], [[0.0]], C=0.5)
+    assert w.shape == (1,)
+    assert w[0] == pytest.approx(1 / (1 + math.exp(w[0])), abs=1e-6)
+    assert w[0] == pytest.approx(0.401058, abs=1e-6)
+    # a stronger preference signal gives a larger weight; a reversed one a negative weight
+    assert ev.fit_bradley_terry([[2.0]], [[0.0]], C=0.5)[0] > w[0]
+    assert ev.fit_bradley_terry([[0.0]], [[1.0]], C=0.5)[0] == pytest.approx(-w[0], abs=1e-6)
+
+
+def test_fit_bradley_terry_finds_the_feature_that_decides():
+    rng = np.random.default_rng(0)
+    n = 400
+    rejected = rng.normal(size=(n, 3))
+    chosen = rng.normal(size=(n, 3))
+    chosen[:, 0] += 1.5  # only feature 0 separates chosen from rejected
+    w = ev.fit_bradley_terry(chosen[:300], rejected[:300])
+    assert w[0] > 1 and abs(w[1]) < 0.3 and abs(w[2]) < 0.3
+    held_out = np.mean(chosen[300:] @ w > rejected[300:] @ w)
+    assert held_out > 0.8
+    # stationarity of sklearn's objective ||w||^2 / 2 + C * sum of log-losses over both orders
+    diff = chosen[:300] - rejected[:300]
+    rows, labels = np.r_[diff, -diff], np.r_[np.ones(300), np.zeros(300)]
+    gradient = w - 1.0 * rows.T @ (labels - special.expit(rows @ w))
+    np.testing.assert_allclose(gradient, 0, atol=1e-4)
+    with pytest.raises(ValueError, match="one shape"):
+        ev.fit_bradley_terry(chosen, rejected[:, :2])
+    with pytest.raises(ValueError, match="C"):
+        ev.fit_bradley_terry(chosen, rejected, C=0)
+
+
 def independent_nll(model, tokenizer, texts, max_length=256):
     total, count = 0.0, 0
     with torch.no_grad():

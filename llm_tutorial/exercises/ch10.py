@@ -3,9 +3,13 @@
 * ``10.ece``: expected calibration error from confidences and hits.
 * ``10.pass-at-k``: the unbiased pass@k estimator.
 * ``10.kappa``: Cohen's kappa for two raters.
+* ``10.debiased-first-rate``: predict, then run: how often does a swap-averaged judge name the
+  answer shown first?
 """
 
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 
@@ -136,3 +140,31 @@ def kappa_solution(a, b):
     labels = np.union1d(a, b)
     expected = sum(np.mean(a == label) * np.mean(b == label) for label in labels)  # chance agreement
     return float((observed - expected) / (1 - expected))
+
+
+def _check_debiased_first_rate(answer) -> str | None:
+    if isinstance(answer, bool) or not isinstance(answer, numbers.Number):
+        return "answer with a share between 0 and 1, e.g. debiased_first_rate = 0.7"
+    if not 0 <= answer <= 1:
+        return f"{answer} is not a share: give a number between 0 and 1 (0.25 means a quarter)"
+    if abs(answer - debiased_first_rate_solution()) <= 0.005:
+        return None
+    if answer > 0.5:
+        return ("swap-averaging removes what the judge gives to a *position*: d(A, B) = -d(B, A), "
+                "so whenever it names the first answer in one order, it names the second in "
+                "the other")
+    return ("below a half would be a bias towards the *second* position; the debiased score "
+            "is antisymmetric, d(B, A) = -d(A, B): of each pair's two verdicts, how many name "
+            "the first-shown answer?")
+
+
+@exercise("10.debiased-first-rate",
+          "Predict, then run: section 8 printed how often the raw SmolLM2 judge names the answer "
+          "shown first. After swap-averaging, with the verdict 'the first answer wins when d > 0', "
+          "what share of the verdicts over both orders names the first-shown answer? (±0.005 is "
+          "accepted)",
+          _check_debiased_first_rate, wrong_answer=0.87, answer_is_value=True)
+def debiased_first_rate_solution() -> float:
+    # d(B, A) = -d(A, B): each pair's winner is named first in one order and second in the
+    # other (no score is exactly 0), so exactly one of its two verdicts names the first answer
+    return 0.5
