@@ -32,8 +32,10 @@ The second half of the module tunes a model on them (notebook 07):
   batches, `batch_stats` counts real, padding and loss tokens;
 * `answer` generates (greedy, or sampled with temperature / top-k / top-p / repetition
   penalty), `score` and `exact_match` apply the verifiers (`evaluate_splits` on several named
-  evaluation sets in one pass, such as the three of `evaluation_splits`), `rouge_l` is the
-  reference-based comparison;
+  evaluation sets in one pass, such as the three of `evaluation_splits`, optionally with each
+  reference answer's NLL, `answer_nll`; `split_summary` tabulates them), `rouge_l` is the
+  reference-based comparison, and `majority_answer_accuracy` the score of a constant answer per
+  family, the baseline a tuned model must beat;
 * `sft_mixture` draws a training mix of generated and open-ended records, `tune` is LoRA SFT
   with the course's trainer, and `generalisation_curve` repeats it for growing numbers of
   training families, scored on held-out ones.
@@ -84,8 +86,12 @@ __all__ = [
     "answer",
     "score",
     "exact_match",
+    "answer_nll",
+    "answers_and_nll",
+    "majority_answer_accuracy",
     "evaluation_splits",
     "evaluate_splits",
+    "split_summary",
     "family_breakdown",
     "rouge_l",
     "sft_mixture",
@@ -1075,6 +1081,201 @@ def exact_match(model, tokenizer, records: Sequence[Record], max_new_tokens: int
     return score(records, answer(model, tokenizer, records, max_new_tokens, batch_size, **decoding))
 
 
+@torch.no_grad()
+def answer_nll(model, tokenizer, records: Sequence[Record | Mapping[str, Any]],
+               max_length: int = 256, batch_size: int = 16, by_record: bool = False
+               ) -> float | list[tuple[float, int]]:
+    """
+    How surprised the model is by the **reference** answers: the mean negative log-likelihood
+    per answer token (nats), with the prompt given and the answer teacher-forced, as in training
+    (`encode_sft`, prompt masked). No generation, so it moves before whole answers come out
+    right. Token-weighted over all records (`peft_methods.answer_nll`'s number), or with
+    `by_record` one `(mean NLL per answer token, answer tokens)` pair per record, in order.
+    Examples are sorted by length and padded per batch, so little compute goes to padding.
+    """
+    import torch.nn.functional as F
+
+    from llm_tutorial.trainer import eval_mode, model_device
+
+    records = _as_records(records)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    examples = encode_sft(tokenizer, records, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+    sums, counts = [0.0] * len(examples), [0] * len(examples)
+    device = model_device(model)
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    with eval_mode(model):
+        for start in runtime.batch_progress(range(0, len(order), batch_size), desc="answer NLL"):
+            chunk = order[start:start + batch_size]
+            batch = {k: v.to(device) for k, v in pad([examples[i] for i in chunk], pad_id).items()}
+            hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             use_cache=False).last_hidden_state
+            targets = batch["labels"][:, 1:]  # position t predicts token t + 1
+            keep = targets != -100
+            losses = F.cross_entropy(head(hidden[:, :-1][keep]).float(), targets[keep],
+                                     reduction="none")
+            per_row = torch.zeros(len(chunk), device=losses.device).index_add_(
+                0, keep.nonzero()[:, 0], losses)
+            for row, i in enumerate(chunk):
+                sums[i], counts[i] = float(per_row[row]), int(keep[row].sum())
+    if by_record:
+        return [(total / max(n, 1), n) for total, n in zip(sums, counts, strict=True)]
+    return sum(sums) / max(sum(counts), 1)
+
+
+@torch.no_grad()
+def answers_and_nll(model, tokenizer, records: Sequence[Record | Mapping[str, Any]],
+                    max_new_tokens: int = 32, batch_size: int = 16, max_length: int = 256,
+                    temperature: float = 0.0, seed: int = 0
+                    ) -> tuple[list[str], list[tuple[float, int]]]:
+    """
+    The model's answers (greedy, or with `temperature` > 0 sampled from the next-token
+    distribution divided by it, reproducibly from `seed`) and each reference answer's NLL
+    (`answer_nll(by_record=True)`) in one pass, for about half the compute of `answer` and
+    `answer_nll`. Every prompt starts with the same tokens (the chat template's system turn):
+    they run once per batch and their KV cache is shared by the rows. Each row then runs as
+    prompt + reference answer in one forward pass, which gives the answer's NLL and, at the
+    prompt's last position, the first answer token; generation goes on from the cache with the
+    reference answer's positions masked out, so it sees the prompt alone. Prompts are those of
+    `encode_sft` (an input too long for `max_length` is cut from the left, as in training).
+    Greedy answers and NLLs are mathematically those of `answer` and `answer_nll`; the floats
+    can differ in the last bits (other matrix shapes), and so, rarely, can a greedy choice
+    between two near-equal tokens. Sampled answers follow the same distribution as
+    `answer(do_sample=True, temperature=...)`, not the same draws.
+    """
+    import inspect
+
+    import torch.nn.functional as F
+
+    from llm_tutorial.trainer import eval_mode, model_device
+
+    records = _as_records(records)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature!r}")
+    examples = encode_sft(tokenizer, records, max_length)
+    prompt_lens = [next(t for t, y in enumerate(e.labels) if y != -100) for e in examples]
+    # the shared prefix, leaving at least one prompt token per row to predict the first answer token
+    shared = min(prompt_lens) - 1
+    first = examples[0].input_ids
+    for e in examples:
+        while shared and e.input_ids[:shared] != first[:shared]:
+            shared -= 1
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    eos_id = tokenizer.eos_token_id
+    device = model_device(model)
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    # transformers 5 renames the KV cache argument `past_key_values` to `cache` (5.2x and later)
+    cache_kw = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+    def cache_of(output):
+        cache = getattr(output, "cache", None)
+        return cache if cache is not None else output.past_key_values
+
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def pick(logits: torch.Tensor) -> torch.Tensor:
+        if not temperature:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits.float() / temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+    answers: list[str] = [""] * len(examples)
+    nlls: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
+    with eval_mode(model):
+        for start in runtime.batch_progress(range(0, len(order), batch_size), desc="generate"):
+            chunk = order[start:start + batch_size]
+            rows = len(chunk)
+            width = max(len(examples[i]) for i in chunk) - shared
+            ids = torch.full((rows, width), pad_id, dtype=torch.long)
+            labels = torch.full((rows, width), -100, dtype=torch.long)
+            mask = torch.zeros((rows, shared + width), dtype=torch.long)
+            mask[:, :shared] = 1
+            for r, i in enumerate(chunk):
+                n = len(examples[i]) - shared
+                ids[r, :n] = torch.tensor(examples[i].input_ids[shared:])
+                labels[r, :n] = torch.tensor(examples[i].labels[shared:])
+                mask[r, shared:shared + n] = 1
+            ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
+            cache = None
+            if shared:
+                prefix = torch.tensor([first[:shared]], device=device)
+                cache = cache_of(decoder(input_ids=prefix, use_cache=True))
+                cache.batch_repeat_interleave(rows)
+            positions = (shared + torch.arange(width, device=device)).expand(rows, width)
+            out = decoder(input_ids=ids, attention_mask=mask, position_ids=positions,
+                          use_cache=True, **{cache_kw: cache})
+            hidden, cache = out.last_hidden_state, cache_of(out)
+            targets = labels[:, 1:]  # suffix position t predicts suffix token t + 1
+            keep = targets != -100
+            losses = F.cross_entropy(head(hidden[:, :-1][keep]).float(), targets[keep],
+                                     reduction="none")
+            per_row = torch.zeros(rows, device=losses.device).index_add_(
+                0, keep.nonzero()[:, 0], losses)
+            counts = keep.sum(1)
+            for r, i in enumerate(chunk):
+                nlls[i] = (float(per_row[r]) / max(int(counts[r]), 1), int(counts[r]))
+            # generation from the prompt alone: hide the reference answer (and padding)
+            lens = torch.tensor([prompt_lens[i] for i in chunk], device=device)
+            mask = mask.clone()
+            for r, i in enumerate(chunk):
+                mask[r, prompt_lens[i]:] = 0
+            token = pick(head(hidden[torch.arange(rows, device=device), lens - 1 - shared]))
+            generated: list[list[int]] = [[] for _ in chunk]
+            done = torch.zeros(rows, dtype=torch.bool, device=device)
+            for step in range(max_new_tokens):
+                done |= token == eos_id
+                for r in range(rows):
+                    if not done[r]:
+                        generated[r].append(int(token[r]))
+                if bool(done.all()) or step == max_new_tokens - 1:
+                    break
+                mask = torch.cat([mask, torch.ones((rows, 1), dtype=mask.dtype, device=device)], 1)
+                out = decoder(input_ids=token[:, None], attention_mask=mask,
+                              position_ids=(lens + step)[:, None], use_cache=True,
+                              **{cache_kw: cache})
+                cache = cache_of(out)
+                token = pick(head(out.last_hidden_state[:, -1]))
+            for r, i in enumerate(chunk):
+                answers[i] = tokenizer.decode(generated[r], skip_special_tokens=True).strip()
+    return answers, nlls
+
+
+def majority_answer_accuracy(records: Sequence[Record], sample: int = 200, seed: int = 0) -> float:
+    """
+    The **constant-answer baseline**: the exact match of answering every record of a family
+    with that family's most frequent answer, over `records`. The answer is chosen on other
+    records, the first `sample` of the family's own stream (`stream([family], seed)`, the
+    training stream's seed by default), never on `records` themselves: with two records of a
+    family, the most frequent of *their* answers would be right at least once by construction.
+    It is what a model that learned one answer per task, and nothing about the inputs, would
+    score: about half on a balanced yes/no family, all of a refusal family (every refusal is
+    right), almost nothing where the answer depends on the input (reverse a word, the largest
+    number of a list). A tuned model shows a skill only where it beats this. Every record must
+    come from a generated family (`FAMILIES`).
+    """
+    records = _as_records(records)
+    by_family: dict[str, list[Record]] = {}
+    for record in records:
+        by_family.setdefault(record.family, []).append(record)
+    right = 0
+    for family, family_records in by_family.items():
+        if family not in FAMILIES:
+            raise KeyError(f"record family {family!r} is not a generated family, so it has no "
+                           f"stream to take its most frequent answer from")
+        answers = [r.output for r in _take_cycling(sample, [family], seed)]
+        normalised = [_normalise(a) for a in answers]
+        top = answers[normalised.index(Counter(normalised).most_common(1)[0][0])]
+        right += sum(verify(top, r) for r in family_records)
+    return right / len(records)
+
+
 def evaluation_splits(train_families: Sequence[str], heldout_families: Sequence[str], n: int,
                       seed: int = 101) -> dict[str, list[Record]]:
     """The three evaluation sets of notebook 07, `n` records each, each drawn with its own
@@ -1091,20 +1292,72 @@ def evaluation_splits(train_families: Sequence[str], heldout_families: Sequence[
 
 
 def evaluate_splits(model, tokenizer, splits: Mapping[str, Sequence[Record]],
-                    max_new_tokens: int = 32, batch_size: int = 16, **decoding: Any
-                    ) -> dict[str, pd.DataFrame]:
+                    max_new_tokens: int = 32, batch_size: int = 16, nll: bool = False,
+                    max_length: int = 256, **decoding: Any) -> dict[str, pd.DataFrame]:
     """`exact_match` on several named evaluation sets at once (e.g. training families,
     held-out templates, held-out families): the answers are generated in one batched pass
-    over all the records, and one scored table comes back per name, in order."""
+    over all the records, and one scored table comes back per name, in order. With `nll`,
+    each row also gets its reference answer's `answer NLL` (mean per token, `answer_nll`,
+    examples of at most `max_length` tokens) and `answer tokens`; `split_summary` reads them.
+    Answers and NLLs then come from one pass (`answers_and_nll`) when the decoding is greedy or
+    pure temperature sampling (`do_sample`, `temperature`, `seed`; no top-k, top-p or
+    repetition penalty)."""
     if not isinstance(splits, Mapping) or not splits:
         raise TypeError("splits must be a non-empty dict of {name: list of Records}")
     empty = [name for name, records in splits.items() if not len(records)]
     if empty:
         raise ValueError(f"splits {empty} have no records: give every split at least one")
     records = [r for recs in splits.values() for r in recs]
-    table = exact_match(model, tokenizer, records, max_new_tokens, batch_size, **decoding)
+    if nll and set(decoding) <= {"do_sample", "temperature", "seed"}:  # one pass for both
+        temperature = decoding.get("temperature", 1.0) if decoding.get("do_sample") else 0.0
+        _check_decoding(bool(decoding.get("do_sample", False)), decoding.get("temperature", 1.0),
+                        None, None, 1.0)
+        predictions, pairs = answers_and_nll(model, tokenizer, records, max_new_tokens,
+                                             batch_size, max_length, temperature,
+                                             decoding.get("seed", 0))
+        table = score(records, predictions)
+    else:
+        table = exact_match(model, tokenizer, records, max_new_tokens, batch_size, **decoding)
+        if nll:
+            pairs = answer_nll(model, tokenizer, records, max_length, batch_size, by_record=True)
     table["split"] = [name for name, recs in splits.items() for _ in recs]
+    if nll:
+        table["answer NLL"] = [value for value, _ in pairs]
+        table["answer tokens"] = [n for _, n in pairs]
     return {name: table[table["split"] == name].reset_index(drop=True) for name in splits}
+
+
+def split_summary(tables: Mapping[str, pd.DataFrame], by: str | None = None) -> pd.DataFrame:
+    """
+    One row per scored table (`evaluate_splits`), or per value of the column `by` (such as
+    `"family"`) across all of them: `records`, `exact match`, `majority answer` (the
+    constant-answer baseline of those records, `majority_answer_accuracy`, when they all come
+    from generated families) and, when the tables carry it (`nll=True`), the token-weighted
+    `answer NLL`.
+    """
+    import pandas as pd
+
+    if not isinstance(tables, Mapping) or not tables:
+        raise TypeError("tables must be a non-empty dict of {name: scored table}")
+    if by is None:
+        groups = list(tables.items())
+    else:
+        both = pd.concat(tables.values(), ignore_index=True)
+        if by not in both.columns:
+            raise KeyError(f"the tables have no column {by!r}; columns: {list(both.columns)}")
+        groups = list(both.groupby(by, sort=False))
+    rows = {}
+    for name, table in groups:
+        records = [Record(r.instruction, r.input, r.reference, r.family, verifier=r.verifier)
+                   for r in table.itertuples(index=False)]
+        row = {"records": len(table), "exact match": table["correct"].mean()}
+        if all(r.family in FAMILIES for r in records):
+            row["majority answer"] = majority_answer_accuracy(records)
+        if "answer NLL" in table.columns:
+            weights = table["answer tokens"]
+            row["answer NLL"] = float((table["answer NLL"] * weights).sum() / max(weights.sum(), 1))
+        rows[name] = row
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(by or "split")
 
 
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
@@ -1226,13 +1479,14 @@ def _take_cycling(n: int, families: Sequence[str], seed: int) -> list[Record]:
 def generalisation_curve(model, tokenizer, families: Sequence[str], eval_records: Sequence[Record],
                          counts: Sequence[int], steps: int, examples: int | None = None,
                          seed: int = 0, max_new_tokens: int = 24, eval_batch_size: int = 32,
-                         **tune_options: Any) -> pd.DataFrame:
+                         nll: bool = True, **tune_options: Any) -> pd.DataFrame:
     """
     The FLAN experiment, small: for each number of training families in `counts` (nested
     subsets, `family_subsets`), tune a fresh LoRA for the same `steps` on `examples` records
     drawn from those families, score `eval_records` (held-out families) with their verifiers,
     and remove the LoRA. Same budget every time: only the diversity of the training tasks
-    changes. Returns one row per count: `families`, `accuracy`, `names`.
+    changes. Returns one row per count: `families`, `accuracy`, with `nll` the reference
+    answers' `answer NLL` (`answer_nll`, which moves before exact answers do), and `names`.
     """
     import pandas as pd
 
@@ -1249,7 +1503,10 @@ def generalisation_curve(model, tokenizer, families: Sequence[str], eval_records
         tune(model, tokenizer, _take_cycling(n, names, seed), steps, seed=seed,
              desc=f"{count} families", **tune_options)
         table = exact_match(model, tokenizer, eval_records, max_new_tokens, eval_batch_size)
+        row = {"families": count, "accuracy": table["correct"].mean()}
+        if nll:
+            row["answer NLL"] = answer_nll(model, tokenizer, eval_records,
+                                           tune_options.get("max_length", 256), eval_batch_size)
         pm.remove_lora(model)
-        rows.append({"families": count, "accuracy": table["correct"].mean(),
-                     "names": ", ".join(names)})
+        rows.append({**row, "names": ", ".join(names)})
     return pd.DataFrame(rows)

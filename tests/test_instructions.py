@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections import Counter
 
 import pytest
 import torch
@@ -401,6 +402,90 @@ def test_evaluate_splits_scores_each_split_as_one_pass_would(tok):
         ins.evaluate_splits(model, tok, SFT_RECORDS)
 
 
+def test_answer_nll_is_the_answer_only_loss_per_record_and_overall(tok):
+    model = tiny_llama(tok)
+    examples = ins.encode_sft(tok, SFT_RECORDS)
+    whole = pm.answer_nll(model, ins.pad(examples, tok.pad_token_id))
+    assert ins.answer_nll(model, tok, SFT_RECORDS, batch_size=4) == pytest.approx(whole, rel=1e-5)
+    pairs = ins.answer_nll(model, tok, SFT_RECORDS, batch_size=4, by_record=True)
+    assert [n for _, n in pairs] == [sum(y != -100 for y in e.labels[1:]) for e in examples]
+    for (value, _), example in zip(pairs, examples, strict=True):  # each record on its own
+        alone = pm.answer_nll(model, ins.pad([example], tok.pad_token_id))
+        assert value == pytest.approx(alone, rel=1e-5)
+    total = sum(value * n for value, n in pairs) / sum(n for _, n in pairs)
+    assert total == pytest.approx(whole, rel=1e-5)
+    with pytest.raises(ValueError, match="batch_size"):
+        ins.answer_nll(model, tok, SFT_RECORDS, batch_size=0)
+
+
+def test_answers_and_nll_in_one_pass_match_the_two_passes(tok):
+    model = tiny_llama(tok)
+    records = SFT_RECORDS * 2  # prompts of several lengths, sharing the chat template's start
+    answers, pairs = ins.answers_and_nll(model, tok, records, max_new_tokens=4, batch_size=5)
+    assert answers == ins.answer(model, tok, records, 4, batch_size=5)
+    expected = ins.answer_nll(model, tok, records, batch_size=5, by_record=True)
+    assert [n for _, n in pairs] == [n for _, n in expected]
+    assert [v for v, _ in pairs] == pytest.approx([v for v, _ in expected], rel=1e-5)
+    tables = ins.evaluate_splits(model, tok, {"a": records[:5], "b": records[5:]}, 4, batch_size=5,
+                                 nll=True)  # greedy with nll: the one-pass path
+    assert pd_list(tables, "prediction") == answers
+    assert pd_list(tables, "answer NLL") == pytest.approx([v for v, _ in pairs], rel=1e-6)
+    sampled = ins.answers_and_nll(model, tok, records, 4, batch_size=5, temperature=1.5, seed=3)
+    assert sampled == ins.answers_and_nll(model, tok, records, 4, batch_size=5, temperature=1.5, seed=3)
+    assert sampled[1] == pairs and sampled[0] != answers  # the same NLLs; hot sampling wanders
+    hot = ins.evaluate_splits(model, tok, {"a": records}, 4, batch_size=5, nll=True, do_sample=True,
+                              temperature=1.5, seed=3)
+    assert hot["a"]["prediction"].tolist() == sampled[0]
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        ins.answers_and_nll(model, tok, records, max_new_tokens=0)
+    with pytest.raises(ValueError, match="temperature"):
+        ins.answers_and_nll(model, tok, records, temperature=-1.0)
+
+
+def pd_list(tables, column):
+    return [value for table in tables.values() for value in table[column]]
+
+
+def test_majority_answer_is_the_constant_answer_baseline():
+    years = [Record(f"Is {y} a leap year?", "", "yes" if y % 4 == 0 else "no", "leap_year",
+                    verifier="normalised") for y in (2001, 2002, 2003, 2004)]
+    # the answer is each family's most frequent one in its own stream, never the records' own
+    top_year = Counter(r.output for r in ins._take_cycling(200, ["leap_year"], 0)).most_common(1)[0][0]
+    assert ins.majority_answer_accuracy(years) == (0.75 if top_year == "no" else 0.25)
+    refusals = ins.take(5, ["refuse_divide_by_zero"], seed=3)
+    assert ins.majority_answer_accuracy(refusals) == 1.0  # one refusal answers them all
+    words = ins.take(2, ["reverse_word"], seed=3)  # two different words: the records' own
+    assert ins.majority_answer_accuracy(words) < 0.5  # majority would be right once by construction
+    assert 0.4 < ins.majority_answer_accuracy(ins.take(100, ["leap_year"], seed=5)) < 0.6
+    mixed = refusals + words
+    assert ins.majority_answer_accuracy(mixed) == pytest.approx(
+        (5 + 2 * ins.majority_answer_accuracy(words)) / 7)
+    with pytest.raises(KeyError, match="not a generated family"):
+        ins.majority_answer_accuracy([Record("name a colour", "", "red", "alpaca")])
+
+
+def test_split_summary_reads_exact_match_majority_and_nll(tok):
+    model = tiny_llama(tok)
+    splits = {"a": ins.take(2, ["leap_year"], seed=1), "b": ins.take(3, ["reverse_word", "add"], seed=1)}
+    tables = ins.evaluate_splits(model, tok, splits, max_new_tokens=3, batch_size=2, nll=True)
+    assert {"answer NLL", "answer tokens"} <= set(tables["a"].columns)
+    summary = ins.split_summary(tables)
+    assert summary.index.tolist() == ["a", "b"] and summary["records"].tolist() == [2, 3]
+    for name, records in splits.items():
+        assert summary.loc[name, "answer NLL"] == pytest.approx(
+            ins.answer_nll(model, tok, records), rel=1e-5)
+        assert summary.loc[name, "exact match"] == tables[name]["correct"].mean()
+        assert summary.loc[name, "majority answer"] == ins.majority_answer_accuracy(records)
+    by_family = ins.split_summary(tables, by="family")
+    assert by_family["records"].sum() == 5 and by_family.index.name == "family"
+    plain = ins.split_summary(ins.evaluate_splits(model, tok, {"open": SFT_RECORDS[:2]}, 3))
+    assert "answer NLL" not in plain.columns and "majority answer" not in plain.columns
+    with pytest.raises(KeyError, match="no column 'nope'"):
+        ins.split_summary(tables, by="nope")
+    with pytest.raises(TypeError, match="non-empty dict"):
+        ins.split_summary({})
+
+
 def test_sft_mixture_shares_and_seeds():
     open_records = ins.records_from_dicts([{"instruction": f"Say {i}.", "output": str(i)}
                                            for i in range(50)])
@@ -471,6 +556,7 @@ def test_generalisation_curve_runs_and_restores_the_model(tok):
                                      batch_size=2, max_length=128, max_new_tokens=3,
                                      progress=False)
     assert curve["families"].tolist() == [1, 3] and curve["accuracy"].between(0, 1).all()
+    assert (curve["answer NLL"] > 0).all()
     assert not pm.lora_modules(model)
     with pytest.raises(ValueError, match="held-out families"):
         ins.generalisation_curve(model, tok, train, ins.take(2, train[:1]), [1], steps=1)

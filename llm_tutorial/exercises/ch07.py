@@ -3,10 +3,13 @@
 * ``07.mask-labels``: build the labels of an SFT example, prompt masked out of the loss.
 * ``07.pack-rows``: predict how many rows packing needs.
 * ``07.numeric-verifier``: write a verifier that never crashes on free-form model text.
+* ``07.yes-to-everything``: predict, then run: the exact match of answering "yes" to every
+  held-out-family record (a habit, not a skill).
 """
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 from llm_tutorial.exercises import exercise
@@ -123,3 +126,53 @@ def numeric_verifier_solution(prediction, reference) -> bool:
     except ValueError:
         return False
     return math.isfinite(value) and math.isclose(value, target, rel_tol=1e-6, abs_tol=1e-9)
+
+
+# --------------------------------------------------------------------------- 07.yes-to-everything
+
+YES_RECORDS = dict(n=100, split_seed=0, n_heldout=8, seed=103)  # notebook 07's full held-out split
+
+
+@functools.lru_cache(maxsize=1)
+def _yes_scores() -> tuple[float, float]:
+    """(exact match of "yes" to every record, share of the records from yes/no families)."""
+    from llm_tutorial import instructions as ins
+
+    s = YES_RECORDS
+    _, heldout = ins.split_families(s["n_heldout"], seed=s["split_seed"])
+    records = ins.take(s["n"], heldout, seed=s["seed"], templates="all")
+    yes_no = [r for r in records if r.output in ("yes", "no")]
+    return sum(ins.verify("yes", r) for r in records) / len(records), len(yes_no) / len(records)
+
+
+def _check_yes_to_everything(answer) -> str | None:
+    if isinstance(answer, bool) or not isinstance(answer, numbers.Real) or not 0 <= answer <= 1:
+        return "answer with a number between 0 and 1 (an exact match), e.g. my_yes = 0.3"
+    right, yes_no_share = _yes_scores()
+    if abs(answer - right) <= 0.05:
+        return None
+    if abs(answer - 0.5) <= 0.05:
+        return ("half would be right for yes/no questions only: most held-out families ask for a "
+                "number, a letter, a title or a refusal, where 'yes' is never right")
+    if abs(answer - yes_no_share) <= 0.05:
+        return ("that is the share of yes/no records; 'yes' is right only for those whose answer "
+                "is yes, about half of them")
+    if answer == 0:
+        return "two of the eight held-out families are yes/no questions: 'yes' is right for some"
+    return ("count the records of the yes/no families (is_palindrome, leap_year) among the 100, "
+            "and take the half of them whose answer is yes; every other answer is wrong")
+
+
+@exercise("07.yes-to-everything", "Predict, then run: a 'model' answers \"yes\" to every one of the "
+          "100 held-out-family records of the full profile (ins.take(100, heldout_families, "
+          "seed=103, templates='all')). What exact match does it reach? (±0.05 is accepted)",
+          _check_yes_to_everything, wrong_answer=0.5, answer_is_value=True)
+def yes_to_everything_solution() -> float:
+    from llm_tutorial import instructions as ins
+
+    _, heldout = ins.split_families(8, seed=0)
+    records = ins.take(100, heldout, seed=103, templates="all")
+    # Only is_palindrome and leap_year (24 of the 100 records) can accept "yes", and the
+    # generator balances them: about half of their answers are yes (15 of the 24 here).
+    # Refusals need a refusal, and no number, letter or title is "yes".
+    return sum(ins.verify("yes", r) for r in records) / len(records)
