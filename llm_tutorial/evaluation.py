@@ -903,15 +903,6 @@ def _option_ids(tokenizer, option: str) -> list[int]:
     return sorted(ids)
 
 
-def _shared_prefix_length(ids: Sequence[Sequence[int]]) -> int:
-    """How many leading tokens every sequence shares, keeping at least one token of each."""
-    shared = min(len(row) for row in ids) - 1
-    for n, token in enumerate(ids[0][:shared]):
-        if any(row[n] != token for row in ids):
-            return n
-    return max(shared, 0)
-
-
 def _after_prefix(rest: list[list[int]], shared: int, pad: int, device: torch.device
                   ) -> dict[str, torch.Tensor]:
     """Model inputs for the tokens that follow a cached `shared`-token prefix: left-padded (so
@@ -940,6 +931,7 @@ def choice_log_odds(model: nn.Module, tokenizer, prompts: Sequence[str],
     the rest is computed per prompt. The numbers are those of full forward passes.
     """
     from llm_tutorial.finetuning import check_texts
+    from llm_tutorial.instructions import shared_prefix_length
     from llm_tutorial.trainer import eval_mode, model_device
 
     prompts = check_texts(prompts, "prompts")
@@ -948,7 +940,7 @@ def choice_log_odds(model: nn.Module, tokenizer, prompts: Sequence[str],
     first, second = _option_ids(tokenizer, options[0]), _option_ids(tokenizer, options[1])
     device = model_device(model)
     ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-    shared = _shared_prefix_length(ids)
+    shared = shared_prefix_length(ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     parameters = inspect.signature(model.forward).parameters
     # only the last position's logits are needed: skip the vocabulary projection elsewhere

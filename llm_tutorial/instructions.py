@@ -88,6 +88,7 @@ __all__ = [
     "exact_match",
     "answer_nll",
     "answers_and_nll",
+    "shared_prefix_length",
     "majority_answer_accuracy",
     "evaluation_splits",
     "evaluate_splits",
@@ -1125,6 +1126,17 @@ def answer_nll(model, tokenizer, records: Sequence[Record | Mapping[str, Any]],
     return sum(sums) / max(sum(counts), 1)
 
 
+def shared_prefix_length(ids: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every sequence shares, keeping at least one token of each: the
+    prefix whose KV cache a batch of prompts can compute once and share (`answers_and_nll`,
+    and the judge of notebook 10)."""
+    shared = min(len(row) for row in ids) - 1
+    for n, token in enumerate(ids[0][:shared]):
+        if any(row[n] != token for row in ids):
+            return n
+    return max(shared, 0)
+
+
 @torch.no_grad()
 def answers_and_nll(model, tokenizer, records: Sequence[Record | Mapping[str, Any]],
                     max_new_tokens: int = 32, batch_size: int = 16, max_length: int = 256,
@@ -1161,11 +1173,8 @@ def answers_and_nll(model, tokenizer, records: Sequence[Record | Mapping[str, An
     examples = encode_sft(tokenizer, records, max_length)
     prompt_lens = [next(t for t, y in enumerate(e.labels) if y != -100) for e in examples]
     # the shared prefix, leaving at least one prompt token per row to predict the first answer token
-    shared = min(prompt_lens) - 1
+    shared = shared_prefix_length([e.input_ids[:n] for e, n in zip(examples, prompt_lens, strict=True)])
     first = examples[0].input_ids
-    for e in examples:
-        while shared and e.input_ids[:shared] != first[:shared]:
-            shared -= 1
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     eos_id = tokenizer.eos_token_id
     device = model_device(model)

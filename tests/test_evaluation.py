@@ -30,6 +30,7 @@ from transformers import AutoTokenizer, BertModel
 from llm_tutorial import assets
 from llm_tutorial import evaluation as ev
 from llm_tutorial import finetuning as ft
+from llm_tutorial import instructions as ins
 
 SEEDS = [0, 1, 2]
 
@@ -894,10 +895,10 @@ def test_choice_log_odds_is_the_log_ratio_of_the_option_probabilities(judge):
 
 
 def test_shared_prefix_length():
-    assert ev._shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
-    assert ev._shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # one token of each is kept
-    assert ev._shared_prefix_length([[1, 2], [3, 4]]) == 0
-    assert ev._shared_prefix_length([[5]]) == 0
+    assert ins.shared_prefix_length([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
+    assert ins.shared_prefix_length([[1, 2, 3], [1, 2, 3]]) == 2  # one token of each is kept
+    assert ins.shared_prefix_length([[1, 2], [3, 4]]) == 0
+    assert ins.shared_prefix_length([[5]]) == 0
 
 
 def test_choice_log_odds_with_and_without_a_shared_prefix(judge):
@@ -916,7 +917,7 @@ def test_choice_log_odds_with_and_without_a_shared_prefix(judge):
         for batch_size in (1, 3, 4):  # 4: prompts of different lengths padded after the prefix
             np.testing.assert_allclose(ev.choice_log_odds(model, tokenizer, prompts, batch_size=batch_size),
                                        expected, atol=1e-5)
-    assert ev._shared_prefix_length(tokenizer(shared, add_special_tokens=False)["input_ids"]) > 10
+    assert ins.shared_prefix_length(tokenizer(shared, add_special_tokens=False)["input_ids"]) > 10
 
 
 def test_preference_prompt_asks_about_answer_a(judge):
