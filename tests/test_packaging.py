@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 from packaging.requirements import Requirement
@@ -197,21 +198,18 @@ print(torch.backends.cpu.get_cpu_capability(), hashlib.sha256(out.numpy().tobyte
 
 
 def test_make_test_runs_nbval_on_another_cpu_kernel_path():
-    """`make test` runs nbval once, through `make repro`: PyTorch forced onto another kernel path
-    than the AVX-512 one the committed outputs were made on. That proves something only if the
-    path really computes other last digits than this CPU's own."""
+    """`make test` runs nbval once, through `make repro`, with PyTorch on another kernel path than
+    the one that made the committed outputs. That proves something only if forcing the path
+    through `$ATEN_CPU_CAPABILITY` really computes other last digits."""
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     test_recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", makefile, flags=re.M).group(1)
     assert "$(MAKE) --no-print-directory repro" in test_recipe and "$(NBVAL)" not in test_recipe
     repro_recipe = re.search(r"^repro:.*\n((?:\t.*\n)+)", makefile, flags=re.M).group(1)
-    assert "$(OTHER_KERNEL_PATH)" in repro_recipe
-    assert "$${path:+ATEN_CPU_CAPABILITY=$$path} $(NBVAL) notebooks/" in repro_recipe
+    assert "llm_tutorial.report kernel-paths --notebooks $(NOTEBOOKS)" in repro_recipe
+    assert "ATEN_CPU_CAPABILITY=$$path $(NBVAL) $$notebooks" in repro_recipe
     nbval_recipe = re.search(r"^nbval:.*\n((?:\t.*\n)+)", makefile, flags=re.M).group(1)
     assert nbval_recipe.strip() == "$(NBVAL) notebooks/"
-    (choose,) = re.findall(r'^OTHER_KERNEL_PATH = \$\(PY\) -c "(.+)"$', makefile, flags=re.M)
     base_env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
-    other_path = subprocess.run([sys.executable, "-c", choose], env=base_env, capture_output=True, text=True,
-                                check=True).stdout.strip()
 
     def run(extra: dict[str, str]) -> tuple[str, str]:
         out = subprocess.run([sys.executable, "-c", FLOAT_PATHS], env=base_env | extra, capture_output=True,
@@ -219,11 +217,29 @@ def test_make_test_runs_nbval_on_another_cpu_kernel_path():
         return out[0], out[1]
 
     native = run({})
-    if native[0] != "AVX512":
-        assert other_path == "", "on a CPU without AVX-512 its own path already differs from the goldens'"
-        pytest.skip(f"this CPU takes PyTorch's {native[0]} kernels: nbval runs on them as they are")
-    other = run({"ATEN_CPU_CAPABILITY": other_path})
-    assert other[0] == other_path.upper() != native[0] and other[1] != native[1], (native, other)
+    forced = "avx2" if native[0] == "AVX512" else "default"
+    other = run({"ATEN_CPU_CAPABILITY": forced})
+    assert other[0] == forced.upper() != native[0] and other[1] != native[1], (native, other)
+
+
+def test_make_repro_plans_every_notebook_on_a_path_other_than_its_goldens():
+    """`report kernel-paths`, as `make repro` calls it, names every notebook once, each on a path
+    other than the one recorded with its committed outputs."""
+    from llm_tutorial import report
+
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    out = subprocess.run([sys.executable, "-m", "llm_tutorial.report", "kernel-paths"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    native = subprocess.run([sys.executable, "-c", FLOAT_PATHS], env=env, capture_output=True, text=True,
+                            check=True).stdout.split()[0]  # fmt: skip
+    planned = {}
+    for line in out.splitlines():
+        path, *notebooks = line.split()
+        planned |= {Path(nb).name: (native if path == "native" else path.upper()) for nb in notebooks}
+    assert sorted(planned) == sorted(p.name for p in report.discover_notebooks())
+    for name, path in planned.items():
+        made_with = report.goldens_kernel_path(nbformat.read(ROOT / "notebooks" / name, as_version=4))
+        assert path != made_with, (name, path, made_with)
 
 
 def test_ci_runs_make_test():

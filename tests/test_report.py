@@ -288,3 +288,29 @@ def test_goldens_rewrites_in_place_without_volatile_metadata(tmp_path, monkeypat
     assert "omp: None" in text  # OMP_NUM_THREADS unset
     assert "progress: None" in text  # bars drawn as in nbval (widgets), whatever the shell says
     assert f"cwd: {path.parent}" in text
+    # the kernel path that made the outputs, which `make repro` must not check them on
+    assert raw["metadata"]["llm_tutorial"] == {"goldens_kernel_path": report.cpu_kernel_path()}
+    assert report.goldens_kernel_path(raw) == report.cpu_kernel_path()
+
+
+@pytest.mark.parametrize(("made_with", "native", "expected"), [
+    ("AVX512", "AVX512", "avx2"),  # the goldens' own path: force the next one down
+    ("AVX512", "AVX2", ""),  # this CPU's own path already differs: the fastest check
+    ("AVX2", "AVX512", ""),
+    ("AVX2", "AVX2", "default"),  # nothing below AVX2 but the unvectorised kernels
+    ("avx2", "AVX2", "default"),
+    ("DEFAULT", "DEFAULT", "default"),
+])  # fmt: skip
+def test_repro_path_never_checks_outputs_on_the_path_that_made_them(made_with, native, expected):
+    assert report.repro_path(made_with, native) == expected
+
+
+def test_kernel_path_plan_groups_notebooks_by_the_path_to_check_them_on(tmp_path):
+    old = make_notebook(tmp_path / "00_old.ipynb")  # committed before the path was recorded
+    new = make_notebook(tmp_path / "01_new.ipynb")
+    nb = nbformat.read(new, as_version=4)
+    nb.metadata["llm_tutorial"] = {"goldens_kernel_path": "AVX2"}
+    nbformat.write(nb, new)
+    assert report.goldens_kernel_path(nbformat.read(old, as_version=4)) == "AVX512"
+    assert report.kernel_path_plan([old, new], "AVX512") == {"avx2": [old], "native": [new]}
+    assert report.kernel_path_plan([old, new], "AVX2") == {"native": [old], "default": [new]}
