@@ -93,6 +93,10 @@ class TrainConfig:
       follow a half cosine to zero, or stay constant.
     * `mixed_precision="auto"` means bf16 autocast on a CUDA GPU that supports it and
       full precision everywhere else; `"bf16"` forces autocast (also on the CPU).
+    * `lr_by_prefix` gives some parameters their own learning rate: `{"head.": 3e-3}` trains
+      every parameter whose name starts with `head.` at 3e-3 and the rest at `lr` (a freshly
+      initialised task head on a pretrained encoder wants a much larger rate than the encoder).
+      Warm-up and schedule scale every rate alike.
     * `eval_every=None` evaluates only once, at the end (if there is evaluation data).
     * `early_stopping_patience=k` stops training after `k` evaluations in a row without
       improving `early_stopping_metric` (`"eval_loss"` or any `eval_fn` metric; minimised
@@ -103,6 +107,7 @@ class TrainConfig:
 
     max_steps: int
     lr: float = 5e-4
+    lr_by_prefix: dict[str, float] | None = None
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int | float = 0.1
@@ -123,6 +128,12 @@ class TrainConfig:
             raise ValueError(f"max_steps must be a positive int, got {self.max_steps!r}")
         if not _is_number(self.lr) or not self.lr > 0:
             raise ValueError(f"lr must be a positive number (e.g. 5e-4), got {self.lr!r}")
+        if self.lr_by_prefix is not None:
+            bad = {k: v for k, v in dict(self.lr_by_prefix).items()
+                   if not isinstance(k, str) or not k or not _is_number(v) or not v > 0}
+            if bad:
+                raise ValueError(f"lr_by_prefix maps parameter-name prefixes to positive learning "
+                                 f"rates, e.g. {{'head.': 3e-3}}; got {bad!r}")
         if not _is_number(self.weight_decay) or self.weight_decay < 0:
             raise ValueError(
                 f"weight_decay must be a number >= 0 (0 disables it), got {self.weight_decay!r}"
@@ -257,31 +268,44 @@ def _check_model(model: Any) -> nn.Module:
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """
-    ## AdamW with two parameter groups
+    ## AdamW with parameter groups
 
     Weight decay pulls weights towards zero. That is a sensible prior for matrices
     (linear layers, embeddings) but not for biases or the gains of LayerNorm, which
     should be free to sit wherever the data puts them. The usual rule of thumb, used
     here, is to decay parameters with two or more dimensions and leave every 1-D
     parameter alone. Frozen parameters (`requires_grad=False`) are left out entirely,
-    which is what makes adapters such as LoRA train only their own weights.
+    which is what makes adapters such as LoRA train only their own weights. Parameters
+    named by `config.lr_by_prefix` get their own learning rate (one more group each).
     """
     _check_model(model)
     _check_config(config)
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
-    if not decay and not no_decay:
+    prefixes = dict(config.lr_by_prefix or {})
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    matched = set()
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        # the longest matching prefix wins, so {"head.": a, "head.bias": b} means what it says
+        prefix = max((p for p in prefixes if name.startswith(p)), key=len, default=None)
+        matched.add(prefix)
+        lr = prefixes[prefix] if prefix is not None else config.lr
+        groups.setdefault((lr, param.ndim >= 2), []).append(param)
+    if not groups:
         raise ValueError(
             "the model has no trainable parameters; set requires_grad=True on the "
             "parameters you want to train"
         )
-    groups = [
-        {"params": decay, "weight_decay": config.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas)
+    unused = sorted(set(prefixes) - matched)
+    if unused:
+        names = [n for n, p in model.named_parameters() if p.requires_grad][:5]
+        raise ValueError(f"lr_by_prefix prefixes {unused} match no trainable parameter; "
+                         f"trainable names start like {names}")
+    return torch.optim.AdamW(
+        [{"params": params, "lr": lr, "weight_decay": config.weight_decay if decay else 0.0}
+         for (lr, decay), params in groups.items()],
+        lr=config.lr, betas=config.betas,
+    )
 
 
 def make_scheduler(
@@ -539,6 +563,9 @@ class Trainer:
 
         self.optimizer = make_optimizer(model, config)
         self.scheduler = make_scheduler(self.optimizer, config)
+        # the history's `lr` is the base rate (`config.lr`), whatever `lr_by_prefix` adds
+        self._logged_group = next((i for i, g in enumerate(self.optimizer.param_groups)
+                                   if g["initial_lr"] == config.lr), 0)
         self._params = [p for p in model.parameters() if p.requires_grad]
 
         self.step = 0
@@ -662,7 +689,7 @@ class Trainer:
 
                 if config.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(self._params, config.max_grad_norm)
-                lr = scheduler.get_last_lr()[0]  # the rate this step was taken with
+                lr = scheduler.get_last_lr()[self._logged_group]  # the rate this step was taken with
                 optimizer.step()
                 scheduler.step()
                 if self.on_optimizer_step is not None:

@@ -221,6 +221,41 @@ def test_weight_decay_groups_exclude_biases_and_layernorm():
     }
 
 
+def test_lr_by_prefix_gives_the_named_parameters_their_own_rate_under_one_schedule():
+    class BodyHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return nn.functional.mse_loss(self.head(self.body(x)), y)
+
+    model = BodyHead()
+    config = quiet(max_steps=4, lr=1e-4, lr_by_prefix={"head.": 3e-3, "head.bias": 1e-2}, warmup_steps=0,
+                   log_every=1)
+    optimizer = make_optimizer(model, config)
+    rates = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert rates == {id(model.body.weight): 1e-4, id(model.body.bias): 1e-4,
+                     id(model.head.weight): 3e-3, id(model.head.bias): 1e-2}  # longest prefix wins
+    decays = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert decays[id(model.head.weight)] == config.weight_decay and decays[id(model.head.bias)] == 0.0
+    # the schedule scales every group alike; the history logs the base rate
+    data = [(torch.randn(3, 4), torch.randn(3, 2)) for _ in range(4)]
+    trainer = Trainer(model, data, config)
+    history = trainer.train()
+    assert history["lr"].iloc[0] == pytest.approx(1e-4)
+    ratios = {round(g["lr"] / g["initial_lr"], 9) for g in trainer.optimizer.param_groups}
+    assert len(ratios) == 1
+
+
+def test_lr_by_prefix_that_matches_nothing_names_the_real_parameters():
+    model = nn.Sequential(nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"\['classifier.'\] match no trainable parameter.*'0.weight'"):
+        make_optimizer(model, quiet(max_steps=1, lr_by_prefix={"classifier.": 1e-3}))
+    with pytest.raises(ValueError, match="positive learning rates"):
+        quiet(max_steps=1, lr_by_prefix={"0.": -1.0})
+
+
 def test_make_optimizer_needs_trainable_parameters():
     model = nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="requires_grad"):
