@@ -362,6 +362,12 @@ def tiny_shakespeare_checkpoint() -> Path:
     return _vendored("checkpoints/tiny-shakespeare-char.safetensors")()
 
 
+def recorded_results(name: str) -> Path:
+    """A results table that a `full`-profile run recorded (``data/results/<name>.csv``: comment
+    lines ``# key: value`` with its command, hardware, date and commit, then the rows)."""
+    return _vendored(f"results/{name}.csv")()
+
+
 def load_wnut17(split: str = "train") -> list[tuple[list[str], list[str]]]:
     """WNUT-17 NER as a list of ``(tokens, bio_tags)`` sentences; split is ``train`` or ``dev``."""
     files = {"train": "wnut17train.conll", "dev": "emerging.dev.conll"}

@@ -559,8 +559,11 @@ class Method:
 
     `prepare(model, max_steps)` changes the freshly loaded model in place: it freezes what
     stays fixed and adds what is trained; it may return an `on_optimizer_step` hook for the
-    trainer (AdaLoRA does). The task head is always trained. `lr` is the method's learning
-    rate: small for full fine-tuning, larger for the few new weights of an adapter.
+    trainer (AdaLoRA does). The task head is always trained, at `HEAD_LR` for every method:
+    it starts from random numbers whatever the method, and a head that trains at a small
+    rate would make a method look worse than its encoder update is. `lr` is the method's
+    learning rate for everything else it trains: small for full fine-tuning, larger for the
+    few new weights of an adapter.
     `full_checkpoint` means the method changes every weight, so its checkpoint is the whole
     model.
     """
@@ -570,6 +573,10 @@ class Method:
     lr: float
     config: Mapping[str, Any] = field(default_factory=dict)
     full_checkpoint: bool = False
+
+
+# The fresh classification head's learning rate, the same for every method (the probe's rate).
+HEAD_LR = 3e-3
 
 
 def _prepare_full(model: nn.Module, steps: int) -> None:
@@ -689,6 +696,7 @@ def compare_methods(
     num_layers: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
+    head_lr: float = HEAD_LR,
 ) -> pd.DataFrame:
     """
     ## The comparison
@@ -700,7 +708,8 @@ def compare_methods(
     the size of the checkpoint that the method needs to store (the trained weights only;
     the whole model for full fine-tuning), and where the trainable parameters sit
     (`trainable_by_location`). `num_layers` keeps only MiniLM's bottom layers (a cheaper
-    model for quick runs). Returns one row per (method, seed).
+    model for quick runs). The fresh head trains at `head_lr` in every method. Returns one row
+    per (method, seed).
     """
     if not methods:
         raise ValueError("methods is empty: pass e.g. standard_methods()")
@@ -723,7 +732,8 @@ def compare_methods(
                 hook = method.prepare(model, max_steps)
                 model.to(device)
                 counts = count_parameters(model)
-                config = TrainConfig(max_steps=max_steps, lr=method.lr, warmup_steps=0.1,
+                config = TrainConfig(max_steps=max_steps, lr=method.lr, lr_by_prefix={"head.": head_lr},
+                                     warmup_steps=0.1,
                                      progress=progress, desc=name, log_every=max_steps)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -779,6 +789,28 @@ def summarise_comparison(results: pd.DataFrame) -> pd.DataFrame:
         table["checkpoint % of full"] = 100 * table["checkpoint MB"] / full.iloc[0]
     return table
 
+
+def load_recorded_comparison(path: str | os.PathLike | None = None
+                             ) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The rows (one per method and seed) and provenance (`command`, `hardware`, `date`,
+    `commit`...) of a comparison recorded by `benchmarks/peft_comparison.py`; by default the
+    `full`-profile run shipped with the course (`assets.recorded_results("peft_comparison")`).
+    `summarise_comparison` turns the rows into the notebook's table."""
+    from llm_tutorial import assets
+
+    path = Path(path) if path is not None else assets.recorded_results("peft_comparison")
+    provenance = {}
+    with open(path, encoding="utf-8") as file:
+        for line in file:
+            if not line.startswith("# "):
+                break
+            key, _, value = line[2:].partition(": ")
+            provenance[key.strip()] = value.strip()
+    rows = pd.read_csv(path, comment="#")
+    missing = {"command", "hardware", "date"} - set(provenance)
+    if missing:
+        raise ValueError(f"{path} lacks its provenance lines {sorted(missing)} ('# key: value' at the top)")
+    return rows, provenance
 
 
 # ------------------------------------------------------------------------------ a causal LM

@@ -507,6 +507,74 @@ def test_compare_and_summarise_methods(tiny_classifiers):
     assert table.loc["LoRA r=2", "checkpoint % of full"] < 20
 
 
+def test_every_method_trains_its_fresh_head_at_the_same_rate(tiny_classifiers, monkeypatch):
+    """The head starts random in every method; at the method's own rate (1e-4 for full
+    fine-tuning) it would barely move in a short run, and the method would look worse than its
+    encoder update is. So the head trains at `HEAD_LR` everywhere, the rest at `method.lr`."""
+    real, seen = pm.Trainer, {}
+
+    def spy(model, data, config, **kwargs):
+        trainer = real(model, data, config, **kwargs)
+        head = {id(p) for p in model.head.parameters()}
+        for group in trainer.optimizer.param_groups:
+            where = "head" if head & {id(p) for p in group["params"]} else "rest"
+            seen.setdefault(config.desc, {}).setdefault(where, set()).add(group["initial_lr"])
+        return trainer
+
+    monkeypatch.setattr(pm, "Trainer", spy)
+    methods = pm.standard_methods(lora_ranks=(2,), bottleneck=4)
+    chosen = {k: methods[k] for k in ("full fine-tuning", "linear probe (head only)", "LoRA r=2", "IA3")}
+    pm.compare_methods(chosen, TEXTS, LABELS, TEXTS[:6], LABELS[:6], num_labels=3, seeds=(0,),
+                       max_steps=2, batch_size=4, max_length=12)
+    assert {name: rates["head"] for name, rates in seen.items()} == {name: {pm.HEAD_LR} for name in chosen}
+    assert seen["full fine-tuning"]["rest"] == {1e-4} and seen["LoRA r=2"]["rest"] == {1e-3}
+    assert "rest" not in seen["linear probe (head only)"]
+
+
+def test_load_recorded_comparison_reads_provenance_and_rows(tmp_path):
+    path = tmp_path / "run.csv"
+    path.write_text("# command: python benchmarks/peft_comparison.py --steps 2\n# hardware: a CPU\n"
+                    "# date: 2026-12-03\nmethod,seed,accuracy,trainable %,trainable,seconds,train state MB,"
+                    "peak GPU MB,checkpoint MB\nLoRA r=8,0,0.5,1.0,10,1.0,2.0,,0.1\nLoRA r=8,1,0.7,1.0,10,"
+                    "1.0,2.0,,0.1\n", encoding="utf-8")  # fmt: skip
+    rows, provenance = pm.load_recorded_comparison(path)
+    assert provenance == {"command": "python benchmarks/peft_comparison.py --steps 2", "hardware": "a CPU",
+                          "date": "2026-12-03"}
+    assert pm.summarise_comparison(rows).loc["LoRA r=8", "accuracy"] == pytest.approx(0.6)
+    path.write_text("method,seed\nx,0\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="provenance"):
+        pm.load_recorded_comparison(path)
+
+
+# the `full`-profile comparison shipped with the course (benchmarks/peft_comparison.py)
+RECORDED_SHA256 = "df09428ba2cfeeacd65c886f428daf84a79d0cf360032e57204965561b2d711b"
+
+
+def test_the_shipped_full_comparison_is_the_recorded_run_in_docs():
+    """The CSV notebook 06 shows beside its smoke run: unchanged (sha256), with provenance, every
+    method over 3 seeds, and summarising to the accuracies docs/results/peft.md reports."""
+    import hashlib
+    import re
+    from pathlib import Path
+
+    from llm_tutorial import assets
+
+    path = assets.recorded_results("peft_comparison")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == RECORDED_SHA256
+    rows, provenance = pm.load_recorded_comparison()
+    assert {"command", "hardware", "date", "commit", "wall s"} <= set(provenance)
+    assert provenance["command"].startswith("python benchmarks/peft_comparison.py")
+    table = pm.summarise_comparison(rows)
+    assert list(table.index) == list(pm.standard_methods())
+    assert (table["seeds"] == 3).all()
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "results" / "peft.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## Full profile, recorded"):]
+    for method, accuracy in table["accuracy"].items():
+        row = re.search(rf"^\| {re.escape(method)} \| \**([0-9.]+)", section, flags=re.M)
+        assert row is not None, f"docs/results/peft.md has no row for {method}"
+        assert float(row.group(1)) == round(accuracy, 3), method
+
+
 def test_compare_methods_rejects_empty_inputs(tiny_classifiers):
     methods = pm.standard_methods(lora_ranks=(2,))
     args = (TEXTS, LABELS, TEXTS, LABELS, 3)

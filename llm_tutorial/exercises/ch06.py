@@ -3,6 +3,7 @@
 * ``06.ffn-targets``: choose `target_modules` that adapt only the feed-forward layers of BERT.
 * ``06.lora-count``: predict how many parameters LoRA adds to MiniLM.
 * ``06.merge``: merge a LoRA update into the weight matrix.
+* ``06.slow-head``: predict, then measure: LoRA with its fresh head at LoRA's own learning rate.
 """
 
 from __future__ import annotations
@@ -115,3 +116,24 @@ def _check_merge(my_merge) -> str | None:
 def merge_solution(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: float, r: int
                    ) -> torch.Tensor:
     return W + (alpha / r) * (B @ A)
+
+
+def _check_slow_head(answer) -> str | None:
+    if not isinstance(answer, str) or answer.strip().lower() not in {"higher", "lower", "same"}:
+        return 'answer with one of the words "higher", "lower" or "same"'
+    if answer.strip().lower() == "lower":
+        return None
+    return ("the head starts from random numbers and sees 30 steps; at a third of the rate it "
+            "ends far from where it should be, whatever LoRA does below it: run the cell and look")
+
+
+@exercise("06.slow-head", "Predict, then measure: in section 4 every method's fresh head trains "
+          "at 3e-3. Trained for 30 steps on a 2-layer MiniLM with its head at 1e-3 (LoRA's own "
+          'rate) instead, will LoRA r=8 on all linear layers score "higher", "lower" or "same" '
+          "(within 2 points) on the test headlines?", _check_slow_head, wrong_answer="same",
+          answer_is_value=True)
+def slow_head_solution() -> str:
+    # The head is a fresh 384 x 5 matrix; everything the encoder learns reaches the labels
+    # through it. At 1e-3 it moves a third as far per step, so after 30 steps its decision
+    # boundaries are still close to random: accuracy drops by several points (about 9 here).
+    return "lower"
