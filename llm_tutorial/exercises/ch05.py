@@ -3,6 +3,7 @@
 * ``05.align-labels``: give each word's tag to its first sub-word and -100 to the rest.
 * ``05.bio-spans``: read BIO tags back as entity spans.
 * ``05.token-f1``: the SQuAD token F1 between a predicted and a true answer.
+* ``05.one-window``: predict, then measure: the QA reader scored with one long window per question.
 """
 
 from __future__ import annotations
@@ -156,3 +157,24 @@ def token_f1_solution(prediction, truth):
         return 0.0
     precision, recall = shared / len(predicted), shared / len(true)
     return 2 * precision * recall / (precision + recall)
+
+
+def _check_one_window(answer) -> str | None:
+    if not isinstance(answer, str) or answer.strip().lower() not in {"higher", "lower", "same"}:
+        return 'answer with one of the words "higher", "lower" or "same"'
+    if answer.strip().lower() == "same":
+        return None
+    return ("no answer is lost between windows: they overlap, and the best span is searched over "
+            "every window of a question; run the cell and look")
+
+
+@exercise("05.one-window", "Predict, then measure: the QA reader is scored with overlapping "
+          "windows of CFG['qa_max_length'] tokens. Scored with one 256-token window per question "
+          "instead (every test context fits), is its exact match \"higher\", \"lower\" or "
+          "\"same\" (within 3 points)?", _check_one_window, wrong_answer="higher",
+          answer_is_value=True)
+def one_window_solution() -> str:
+    # An answer cut by one window lies whole in the next (they overlap by `stride` tokens), a
+    # window without the answer points at [CLS], and the best span is taken over all windows.
+    # So windows cost a little compute, not answers: the exact match moves by a point or so.
+    return "same"
