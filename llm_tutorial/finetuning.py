@@ -678,6 +678,7 @@ def regularisation_study(
     patience: int = 2,
     device: torch.device | str | None = None,
     progress: bool = False,
+    head_lr: float | None = None,
 ) -> pd.DataFrame:
     """
     ## The overfitting study
@@ -687,7 +688,8 @@ def regularisation_study(
     With `early_stopping`, training stops after `patience` evaluations without a better
     validation accuracy and keeps the best weights. Returns one row per (setting, seed):
     train accuracy, validation accuracy, their gap, the steps trained and the wall time.
-    Only the named knobs differ between settings; data, steps and seeds are shared.
+    Only the named knobs differ between settings; data, steps and seeds are shared. With
+    `head_lr`, the fresh head trains at that rate and the encoder at `lr`.
     """
     if not settings:
         raise ValueError("settings is empty: pass {name: RegularisationSetting(...)}")
@@ -716,6 +718,7 @@ def regularisation_study(
                 train_enc = encode(tokenizer, texts, max_length, labels)
             config = TrainConfig(
                 max_steps=max_steps, lr=lr, weight_decay=setting.weight_decay, warmup_steps=0.1,
+                lr_by_prefix=None if head_lr is None else {"head.": head_lr},
                 eval_every=eval_every, log_every=eval_every, progress=progress, desc=name,
                 early_stopping_patience=patience if setting.early_stopping else None,
                 early_stopping_metric="val_accuracy", early_stopping_mode="max",

@@ -3,6 +3,7 @@
 * ``04.mean-pool``: mean pooling that ignores padding.
 * ``04.warmup-lr``: the learning rate of linear warm-up followed by linear decay.
 * ``04.precision-recall``: precision and recall of one class, from a confusion matrix.
+* ``04.fewer-articles``: predict, then measure: the overfitting study with half the articles.
 """
 
 from __future__ import annotations
@@ -105,3 +106,24 @@ def precision_recall_solution():
     precision = confusion[1, 1] / confusion[:, 1].sum()  # 40 / 42
     recall = confusion[1, 1] / confusion[1].sum()  # 40 / 50
     return float(precision), float(recall)
+
+
+def _check_fewer_articles(answer) -> str | None:
+    if not isinstance(answer, str) or answer.strip().lower() not in {"higher", "lower", "same"}:
+        return 'answer with one of the words "higher", "lower" or "same"'
+    if answer.strip().lower() == "higher":
+        return None
+    return ("with half the articles the model still drives its training loss to zero, but from "
+            "less evidence: it becomes confidently wrong on more validation articles. Run the cell "
+            "and compare the validation accuracy too")
+
+
+@exercise("04.fewer-articles", "Predict, then measure: the unregularised model of section 5, "
+          "trained on 4 articles per class instead of 8 (same steps, same validation articles). "
+          'Will its final validation loss be "higher", "lower" or "same" (within 0.05)?',
+          _check_fewer_articles, wrong_answer="same", answer_is_value=True)
+def fewer_articles_solution() -> str:
+    # Training loss still reaches about zero (the model memorises 20 articles as easily as 40),
+    # so the weights are pushed to extreme confidence on less evidence. Validation *accuracy*
+    # may hardly move; the validation *loss*, which punishes confident mistakes, rises.
+    return "higher"
