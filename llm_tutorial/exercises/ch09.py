@@ -3,9 +3,12 @@
 * ``09.question-ceiling``: how well could a model do that reads only the question?
 * ``09.info-nce``: write CLIP's symmetric InfoNCE loss.
 * ``09.recall-at-k``: retrieval recall@k from a similarity matrix.
+* ``09.no-corner``: predict, then measure: retrieval with captions that name no corner.
 """
 
 from __future__ import annotations
+
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -124,3 +127,25 @@ def recall_at_k_solution(similarity, k):
     top_k = similarity.argsort(dim=1, descending=True)[:, :k]  # the k best columns of each row
     hits = (top_k == torch.arange(len(similarity))[:, None]).any(dim=1)
     return hits.float().mean().item()
+
+
+def _check_no_corner(answer) -> str | None:
+    if isinstance(answer, bool) or not isinstance(answer, numbers.Real) or not 0 <= answer <= 1:
+        return "give a recall between 0 and 1, e.g. 0.5"
+    if 0.15 <= answer <= 0.35:
+        return None
+    if answer > 0.35:
+        return ("the caption no longer says where the digit is: the gallery holds four images of "
+                "that digit, one per corner, and the caption fits them all equally well")
+    return ("the digit is still named, and the model still finds it: of the 40 images, the four "
+            "of the right digit come first")
+
+
+@exercise("09.no-corner", "Predict, then measure: retrieval among the 40 digit x corner classes "
+          "with captions that name the digit but no corner (\"a seven\"). What text-to-image "
+          "recall@1 do you expect, as a number between 0 and 1 (within 0.1)?", _check_no_corner,
+          wrong_answer=0.9, answer_is_value=True)
+def no_corner_solution() -> float:
+    # Each query names the right digit, so one of the digit's four images (one per corner) comes
+    # first; which corner is a coin toss the caption cannot settle: recall@1 = 1/4.
+    return 0.25
