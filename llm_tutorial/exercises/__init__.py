@@ -65,6 +65,18 @@ def _is_placeholder(answer: Any) -> bool:
     return code is not None and _instructions(code) == _instructions(_stub.__code__)
 
 
+DIRECTIONS = ("higher", "lower", "same")
+
+
+def direction_check(answer: Any, right: str, hint: str) -> str | None:
+    """Check a "predict, then measure" answer that is one of `DIRECTIONS`: ``None`` for
+    ``right``, ``hint`` for another of the three words, a reminder of the words for anything else."""
+    word = answer.strip().lower() if isinstance(answer, str) else None
+    if word not in DIRECTIONS:
+        return 'answer with one of the words "higher", "lower" or "same"'
+    return None if word == right else hint
+
+
 def exercise(key: str, question: str, checker: Checker, *, wrong_answer: Any,
              answer_is_value: bool = False) -> Callable[[Callable], Callable]:
     """Decorator that registers the decorated function as the reference solution of ``key``."""

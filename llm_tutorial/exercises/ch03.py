@@ -13,7 +13,7 @@ import numbers
 
 import torch
 
-from llm_tutorial.exercises import exercise
+from llm_tutorial.exercises import direction_check, exercise
 
 
 def _unigram_data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,15 +110,9 @@ def expected_masks_solution() -> float:
 
 
 def _check_more_masked(answer) -> str | None:
-    if not isinstance(answer, str):
-        return 'answer with one of the words "higher", "lower" or "same"'
-    answer = answer.strip().lower()
-    if answer == "higher":
-        return None
-    if answer in {"lower", "same"}:
-        return ("each masked character now has fewer visible neighbours (40% of its context is "
-                "hidden, not 15%), so it is harder to guess: run the cell and look")
-    return 'answer with one of the words "higher", "lower" or "same"'
+    return direction_check(answer, "higher", (
+        "each masked character now has fewer visible neighbours (40% of its context is "
+        "hidden, not 15%), so it is harder to guess: run the cell and look"))
 
 
 @exercise("03.more-masked", "Predict, then measure: the tiny BERT was trained with 15% of the "

@@ -13,7 +13,7 @@ import numbers
 import numpy as np
 import torch
 
-from llm_tutorial.exercises import exercise
+from llm_tutorial.exercises import direction_check, exercise
 from llm_tutorial.trainer import lr_lambda
 
 
@@ -109,13 +109,10 @@ def precision_recall_solution():
 
 
 def _check_fewer_articles(answer) -> str | None:
-    if not isinstance(answer, str) or answer.strip().lower() not in {"higher", "lower", "same"}:
-        return 'answer with one of the words "higher", "lower" or "same"'
-    if answer.strip().lower() == "higher":
-        return None
-    return ("with half the articles the model still drives its training loss to zero, but from "
-            "less evidence: it becomes confidently wrong on more validation articles. Run the cell "
-            "and compare the validation accuracy too")
+    return direction_check(answer, "higher", (
+        "with half the articles the model still drives its training loss to zero, but from "
+        "less evidence: it becomes confidently wrong on more validation articles. Run the cell "
+        "and compare the validation accuracy too"))
 
 
 @exercise("04.fewer-articles", "Predict, then measure: the unregularised model of section 5, "

@@ -13,7 +13,7 @@ import math
 import re
 import string
 
-from llm_tutorial.exercises import exercise
+from llm_tutorial.exercises import direction_check, exercise
 
 _LABEL2ID = {"O": 0, "B-PER": 1, "I-PER": 2, "B-LOC": 3, "I-LOC": 4}
 # (word_ids, tags, expected labels): [CLS]/[SEP]/[PAD] are None
@@ -160,12 +160,9 @@ def token_f1_solution(prediction, truth):
 
 
 def _check_one_window(answer) -> str | None:
-    if not isinstance(answer, str) or answer.strip().lower() not in {"higher", "lower", "same"}:
-        return 'answer with one of the words "higher", "lower" or "same"'
-    if answer.strip().lower() == "same":
-        return None
-    return ("no answer is lost between windows: they overlap, and the best span is searched over "
-            "every window of a question; run the cell and look")
+    return direction_check(answer, "same", (
+        "no answer is lost between windows: they overlap, and the best span is searched over "
+        "every window of a question; run the cell and look"))
 
 
 @exercise("05.one-window", "Predict, then measure: the QA reader is scored with overlapping "

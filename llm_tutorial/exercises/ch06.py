@@ -12,7 +12,7 @@ import numbers
 
 import torch
 
-from llm_tutorial.exercises import exercise
+from llm_tutorial.exercises import direction_check, exercise
 
 # MiniLM: 6 layers, hidden size 384, feed-forward size 1536.
 MINILM = {"layers": 6, "hidden": 384, "intermediate": 1536}
@@ -119,12 +119,9 @@ def merge_solution(W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, alpha: flo
 
 
 def _check_slow_head(answer) -> str | None:
-    if not isinstance(answer, str) or answer.strip().lower() not in {"higher", "lower", "same"}:
-        return 'answer with one of the words "higher", "lower" or "same"'
-    if answer.strip().lower() == "lower":
-        return None
-    return ("the head starts from random numbers and sees 30 steps; at a third of the rate it "
-            "ends far from where it should be, whatever LoRA does below it: run the cell and look")
+    return direction_check(answer, "lower", (
+        "the head starts from random numbers and sees 30 steps; at a third of the rate it "
+        "ends far from where it should be, whatever LoRA does below it: run the cell and look"))
 
 
 @exercise("06.slow-head", "Predict, then measure: in section 4 every method's fresh head trains "
