@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pandas as pd
@@ -219,6 +220,28 @@ def test_weight_decay_groups_exclude_biases_and_layernorm():
         id(model[2].bias),
         id(model[3].bias),
     }
+
+
+def test_the_fused_update_is_adamw_itself():
+    # the trainer's optimizer is PyTorch's fused kernel on the CPU; the update must be the
+    # per-tensor AdamW's, groups (decay / no decay) included, to float rounding
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 16), nn.Flatten(), nn.Linear(64, 3))
+    config = quiet(max_steps=1, lr=1e-2, weight_decay=0.1)
+    fused = make_optimizer(model, config)
+    assert fused.defaults["fused"]
+    twin = copy.deepcopy(model)
+    plain = torch.optim.AdamW([{"params": [twin[0].weight, twin[2].weight], "weight_decay": 0.1},
+                               {"params": [twin[2].bias], "weight_decay": 0.0}], lr=1e-2,
+                              betas=config.betas, foreach=False)
+    x, y = torch.randint(0, 50, (8, 4)), torch.randint(0, 3, (8,))
+    for _ in range(20):
+        for net, opt in ((model, fused), (twin, plain)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_lr_by_prefix_gives_the_named_parameters_their_own_rate_under_one_schedule():
