@@ -117,7 +117,7 @@ def _check_fewer_articles(answer) -> str | None:
 
 @exercise("04.fewer-articles", "Predict, then measure: the unregularised model of section 5, "
           "trained on 4 articles per class instead of 8 (same steps, same validation articles). "
-          'Will its final validation loss be "higher", "lower" or "same" (within 0.05)?',
+          'Will its final validation loss be "higher", "lower" or "same" (a difference under 0.05 nats)?',
           _check_fewer_articles, wrong_answer="same", answer_is_value=True)
 def fewer_articles_solution() -> str:
     # Training loss still reaches about zero (the model memorises 20 articles as easily as 40),
