@@ -4,7 +4,8 @@ GPU machines that run the `full` profile may lack Jupyter, papermill and ipywidg
 writes a script that runs the same code cells in order, with these changes:
 
 * `display` prints, and a cell's last expression is displayed, as in Jupyter;
-* widget cells (those that import `ipywidgets`) and hidden solution cells are skipped;
+* widget cells (those that use `ipywidgets`) and hidden solution cells are skipped; an imports
+  cell that only imports it keeps its other imports;
 * matplotlib draws off-screen (`Agg`) and figures are closed after each cell;
 * a failing cell prints its traceback and the script goes on (exit status 1 at the end), so
   one failed check does not hide the numbers of the cells after it;
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -69,7 +71,12 @@ def convert(notebook: Path) -> str:
             continue
         source = "".join(cell["source"])
         tags = cell.get("metadata", {}).get("tags", [])
-        if "parameters" in tags or "solution" in tags or "ipywidgets" in source:
+        if "parameters" in tags or "solution" in tags:
+            continue
+        # an imports cell keeps its other imports; the cells that build widgets are dropped
+        source = "\n".join(line for line in source.splitlines()
+                           if not re.match(r"\s*(import ipywidgets|from ipywidgets )", line))
+        if re.search(r"\b(widgets|interact|ipywidgets)\b", source):
             continue
         body = textwrap.indent(_display_last_expression(source), "    ")
         parts.append(f"# ---- cell {number}\n_t = _time.perf_counter()\ntry:\n{body}\n"
