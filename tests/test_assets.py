@@ -297,17 +297,24 @@ def test_network_is_blocked_in_tests():
 
 
 def test_loopback_is_allowed():
+    # the notebooks' and tests' own services run on 127.0.0.1: a byte must make the round trip
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
-        with socket.create_connection(server.getsockname(), timeout=5):
-            pass
+        with socket.create_connection(server.getsockname(), timeout=5) as client:
+            peer, _ = server.accept()
+            with peer:
+                client.sendall(b"ping")
+                assert peer.recv(4) == b"ping"
 
 
 def test_hub_libraries_are_offline():
-    import os
+    # huggingface_hub and transformers read the switch when they are imported: set too late,
+    # they would still try the hub (and fail on the blocked network instead of offline)
+    import huggingface_hub
+    from huggingface_hub import constants
 
-    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["TRANSFORMERS_OFFLINE"] == "1"
+    assert constants.HF_HUB_OFFLINE is True and huggingface_hub.is_offline_mode()
 
 
 def test_vendored_files_exist_where_registered():
