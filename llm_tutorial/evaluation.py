@@ -4,16 +4,16 @@
 A single accuracy number hides most of what we need to know about a model. This module holds
 the pieces of notebook 10's report card, each small enough to read in one sitting:
 
-* **classification metrics** written out by hand (accuracy, confusion matrix, per-class
-  precision/recall/F1, macro-F1), with **bootstrap confidence intervals** and two **paired
+* **classification metrics** written out by hand (confusion matrix, per-class
+  precision/recall/F1, macro-F1; accuracy is scikit-learn's `accuracy_score`), with **bootstrap confidence intervals** and two **paired
   tests** between models (McNemar's exact/χ² test and the paired bootstrap);
 * **calibration**: reliability tables, expected calibration error (ECE) and **temperature
   scaling** fitted on validation logits;
 * **robustness**: seeded text perturbations (character noise, word dropout, casing, synonym
   "paraphrases") at increasing strength, and accuracy curves over them;
 * **generation metrics**: perplexity, the unbiased **pass@k** estimator, and hand-written
-  BLEU, chrF and ROUGE-L (checked against `sacrebleu` and `rouge-score` in the tests), plus
-  entity-level F1 (checked against `seqeval`);
+  BLEU, chrF and ROUGE-L (checked against `sacrebleu` and `rouge-score` in the tests; entity
+  F1 is `seqeval`'s, as in notebook 05);
 * **LLM-as-judge**: yes/no judge prompts scored by the log-odds of "Yes" against "No",
   averaged over both answer orders (position debiasing), a verdict threshold calibrated on a dev
   split, Cohen's kappa with a bootstrap interval, and a **reward model** (a Bradley–Terry head
@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import accuracy_score
 from torch import nn
 
 from llm_tutorial import runtime
@@ -52,7 +53,6 @@ from llm_tutorial import runtime
 __all__ = [
     "SentenceTopics",
     "sentence_topics",
-    "accuracy",
     "confusion_matrix",
     "per_class_report",
     "macro_f1",
@@ -75,7 +75,6 @@ __all__ = [
     "sentence_bleu",
     "chrf",
     "rouge_l",
-    "entity_prf",
     "judge_prompt",
     "pairwise_prompt",
     "load_preference_pairs",
@@ -218,12 +217,6 @@ def sentence_topics(n_train: int, n_val: int, n_test: int, seed: int = 0, min_wo
 # ------------------------------------------------------------------------------ classification
 
 
-def accuracy(y_true: Any, y_pred: Any) -> float:
-    """Fraction of examples whose predicted class equals the true class."""
-    a, b = _pair(y_true, y_pred)
-    return float((a == b).mean())
-
-
 def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int | None = None) -> np.ndarray:
     """`C[i, j]` = number of examples of true class `i` predicted as `j` (rows: truth)."""
     a, b = _pair(y_true, y_pred)
@@ -287,9 +280,9 @@ def bootstrap_ci(metric: Callable[..., float], *arrays: Any, n_resamples: int = 
     """
     _check_resampling(n_resamples, confidence)
     if not callable(metric):
-        raise TypeError("metric must be a function of the arrays, e.g. evaluation.accuracy")
+        raise TypeError("metric must be a function of the arrays, e.g. sklearn.metrics.accuracy_score")
     if not arrays:
-        raise ValueError("pass the per-example arrays to resample, e.g. bootstrap_ci(accuracy, y, p)")
+        raise ValueError("pass the per-example arrays to resample, e.g. bootstrap_ci(accuracy_score, y, p)")
     arrays_np = [np.asarray(a) for a in arrays]
     n = len(arrays_np[0])
     if n == 0 or any(len(a) != n for a in arrays_np):
@@ -572,7 +565,7 @@ def robustness_curve(predict: Callable[[list[str]], Any], texts: Sequence[str], 
     for kind in kinds:
         if kind not in PERTURBATIONS:
             raise KeyError(f"unknown perturbation {kind!r}: choose from {PERTURBATIONS}")
-    clean = accuracy(y, np.asarray(predict(list(texts))))
+    clean = accuracy_score(y, np.asarray(predict(list(texts))))
     rows = []
     for kind in kinds:
         for strength in strengths:
@@ -580,7 +573,7 @@ def robustness_curve(predict: Callable[[list[str]], Any], texts: Sequence[str], 
                 acc = clean
             else:
                 noisy = [perturb(t, kind, strength, seed) for t in texts]
-                acc = accuracy(y, np.asarray(predict(noisy)))
+                acc = accuracy_score(y, np.asarray(predict(noisy)))
             rows.append({"kind": kind, "strength": strength, "accuracy": acc})
     return pd.DataFrame(rows)
 
@@ -805,37 +798,13 @@ def rouge_l(prediction: str, reference: str) -> float:
     return 2 * p * r / (p + r)
 
 
-def entity_prf(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]
-               ) -> dict[str, float]:
-    """Entity-level micro precision, recall and F1 over BIO-tagged sentences: an entity counts
-    only if its type and both boundaries match (conlleval rules, notebook 05's `bio_to_spans`)."""
-    from llm_tutorial.token_classification import bio_to_spans
-
-    if isinstance(true_tags, str) or isinstance(pred_tags, str) or len(true_tags) != len(pred_tags):
-        raise ValueError("true_tags and pred_tags must be lists of tag lists, one per sentence, "
-                         "equally long")
-    if not true_tags:
-        raise ValueError("no sentences given")
-    n_true = n_pred = n_match = 0
-    for i, (t, p) in enumerate(zip(true_tags, pred_tags, strict=True)):
-        if len(t) != len(p):
-            raise ValueError(f"sentence {i}: {len(t)} true tags but {len(p)} predicted")
-        gold = {(kind, s, e) for kind, s, e in bio_to_spans(t)}
-        guess = {(kind, s, e) for kind, s, e in bio_to_spans(p)}
-        n_true, n_pred, n_match = n_true + len(gold), n_pred + len(guess), n_match + len(gold & guess)
-    precision = n_match / n_pred if n_pred else 0.0
-    recall = n_match / n_true if n_true else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
-
-
 # ------------------------------------------------------------------------------ LLM-as-judge
 
 
 def judge_prompt(tokenizer, instruction: str, answer: str, reference: str | None = None) -> str:
     """A yes/no grading prompt in the model's chat format, ending where the verdict goes.
     With `reference`, the judge may compare against the correct answer (reference-guided)."""
-    from llm_tutorial.peft_methods import chat_prompt
+    from llm_tutorial.chat import chat_prompt
 
     for name, value in (("instruction", instruction), ("answer", answer)):
         if not isinstance(value, str) or not value.strip():
@@ -850,7 +819,7 @@ def judge_prompt(tokenizer, instruction: str, answer: str, reference: str | None
 def pairwise_prompt(tokenizer, instruction: str, first: str, second: str) -> str:
     """An A/B preference prompt: which of two answers is better? (swap them to test position
     bias)."""
-    from llm_tutorial.peft_methods import chat_prompt
+    from llm_tutorial.chat import chat_prompt
 
     for name, value in (("instruction", instruction), ("first", first), ("second", second)):
         if not isinstance(value, str) or not value.strip():
@@ -1079,7 +1048,7 @@ def judge_agreement(scores: Any, labels: Any, threshold: float = 0.0, n_resample
     kappa = bootstrap_ci(cohen_kappa, y, verdict, n_resamples=n_resamples, confidence=confidence,
                          seed=seed)
     return {"kappa": kappa["estimate"], "low": kappa["low"], "high": kappa["high"],
-            "accuracy": accuracy(y, verdict), "yes_rate": float(verdict.mean()), "n": len(y)}
+            "accuracy": accuracy_score(y, verdict), "yes_rate": float(verdict.mean()), "n": len(y)}
 
 
 def fit_bradley_terry(chosen: Any, rejected: Any, C: float = 1.0) -> np.ndarray:

@@ -442,9 +442,15 @@ def head_from_probe(model: SequenceClassifier, probe) -> SequenceClassifier:
     Features that were (numerically) constant in the probe's data get weight 0: dividing by
     their tiny $\\sigma$ would give weights of $10^{30}$ that explode as soon as fine-tuning moves
     them. (Mean-pooled MiniLM has such dimensions.)
+
+    With two classes scikit-learn fits one row, $z = w \\cdot x + b$, the log-odds of class 1;
+    the head's two rows become $-z/2$ and $z/2$, whose softmax is the probe's $\\sigma(z)$.
     """
     scaler, logistic = probe[0], probe[-1]
     coef = torch.as_tensor(logistic.coef_, dtype=torch.float64)
+    intercept = torch.as_tensor(logistic.intercept_, dtype=torch.float64)
+    if len(coef) == 1 and len(model.head.weight) == 2:  # binary: one row of log-odds
+        coef, intercept = torch.cat([-coef, coef]) / 2, torch.cat([-intercept, intercept]) / 2
     if coef.shape != model.head.weight.shape:
         raise ValueError(
             f"the probe has weights {tuple(coef.shape)} but the head expects "
@@ -455,7 +461,7 @@ def head_from_probe(model: SequenceClassifier, probe) -> SequenceClassifier:
     scale = torch.as_tensor(scaler.scale_, dtype=torch.float64)
     varies = scale > 1e-6 * scale.max()
     weight = torch.where(varies, coef / scale, torch.zeros_like(coef))
-    bias = torch.as_tensor(logistic.intercept_, dtype=torch.float64) - weight @ mean
+    bias = intercept - weight @ mean
     with torch.no_grad():
         model.head.weight.copy_(weight)
         model.head.bias.copy_(bias)

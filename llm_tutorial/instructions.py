@@ -20,22 +20,19 @@ pairs into JSON, refuse an impossible request, ...). It has
   as data), or `refusal` (the answer declines). Verifiers never raise on arbitrary text.
 
 `stream(families, seed)` yields an endless, reproducible sequence of distinct `Record`s;
-`split_families` separates training families from held-out families. Records render through a
-model's chat template (`render_chat`) or the Alpaca format (`render_alpaca`), and the course's
-vendored 1,100 Alpaca-style instructions load into the same `Record` type.
+`split_families` separates training families from held-out families. A `Record`, its rendering
+through a model's chat template (`render_chat`) or the Alpaca format (`render_alpaca`), SFT
+encoding, padding, packing and generation live in `llm_tutorial.chat`, which notebooks 06, 07
+and 10 share; the course's vendored 1,100 Alpaca-style instructions load into the same type.
 
 The second half of the module tunes a model on them (notebook 07):
 
-* `encode_sft` tokenises records with the prompt masked out of the loss, cutting over-long
-  inputs from the left and never the answer; `pad` and `pack` lay examples out in batches
-  (packing keeps examples apart with per-example `position_ids`), `sft_batches` shuffles and
-  batches, `batch_stats` counts real, padding and loss tokens;
-* `answer` generates (greedy, or sampled with temperature / top-k / top-p / repetition
-  penalty), `score` and `exact_match` apply the verifiers (`evaluate_splits` on several named
-  evaluation sets in one pass, such as the three of `evaluation_splits`, optionally with each
-  reference answer's NLL, `answer_nll`; `split_summary` tabulates them), `rouge_l` is the
-  reference-based comparison, and `majority_answer_accuracy` the score of a constant answer per
-  family, the baseline a tuned model must beat;
+* `score` and `answer_and_score` apply the verifiers to a model's answers (`chat.answer`);
+  `evaluate_splits` scores several named evaluation sets in one pass, such as the three of
+  `evaluation_splits`, optionally with each reference answer's NLL (`chat.answer_nll`;
+  `answers_and_nll` computes both at once with a shared KV cache); `split_summary` tabulates
+  them, and `majority_answer_accuracy` the score of
+  a constant answer per family, the baseline a tuned model must beat;
 * `sft_mixture` draws a training mix of generated and open-ended records, `tune` is LoRA SFT
   with the course's trainer, and `generalisation_curve` repeats it for growing numbers of
   training families, scored on held-out ones.
@@ -49,7 +46,6 @@ import math
 import random
 import re
 import string
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -58,12 +54,21 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from llm_tutorial import runtime
+from llm_tutorial.chat import (
+    AnswerOnlyLM,
+    Record,
+    answer,
+    answer_nll,
+    as_records,
+    encode_sft,
+    records_from_dicts,
+    sft_batches,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "Record",
     "Family",
     "VERIFIERS",
     "FAMILIES",
@@ -73,20 +78,9 @@ __all__ = [
     "stream",
     "take",
     "split_families",
-    "records_from_dicts",
     "load_vendored_records",
-    "render_alpaca",
-    "render_chat",
-    "Example",
-    "encode_sft",
-    "pad",
-    "pack",
-    "sft_batches",
-    "batch_stats",
-    "answer",
     "score",
-    "exact_match",
-    "answer_nll",
+    "answer_and_score",
     "answers_and_nll",
     "shared_prefix_length",
     "majority_answer_accuracy",
@@ -94,26 +88,11 @@ __all__ = [
     "evaluate_splits",
     "split_summary",
     "family_breakdown",
-    "rouge_l",
     "sft_mixture",
     "tune",
     "family_subsets",
     "generalisation_curve",
 ]
-
-
-@dataclass(frozen=True)
-class Record:
-    """One instruction example. `input` may be empty; `family` is `"alpaca"` for the vendored
-    set; `template` is the index of the instruction template (-1 when not generated)."""
-
-    instruction: str
-    input: str
-    output: str
-    family: str = ""
-    kind: str = ""
-    template: int = -1
-    verifier: str = "normalised"
 
 
 @dataclass(frozen=True)
@@ -697,29 +676,6 @@ def split_families(n_heldout: int = 8, seed: int = 0) -> tuple[list[str], list[s
 # ------------------------------------------------------------------------------ records, rendering
 
 
-def records_from_dicts(items: Sequence[Mapping[str, Any]], family: str = "alpaca") -> list[Record]:
-    """Alpaca-style dicts (`instruction`, optional `input`, `output`) as `Record`s; a record
-    with a missing field or a non-string value is an error naming its index."""
-    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
-        raise TypeError("items must be a list of {instruction, input, output} dicts")
-    records = []
-    for i, item in enumerate(items):
-        if not isinstance(item, Mapping):
-            raise TypeError(f"record {i} is a {type(item).__name__}, not a dict")
-        missing = [key for key in ("instruction", "output") if key not in item]
-        if missing:
-            raise KeyError(f"record {i} lacks {missing}; every record needs instruction and output")
-        for key in ("instruction", "input", "output"):
-            if key in item and not isinstance(item[key], str):
-                raise TypeError(f"record {i}: {key} must be a string, got "
-                                f"{type(item[key]).__name__}")
-        if not item["instruction"].strip():
-            raise ValueError(f"record {i} has an empty instruction")
-        records.append(Record(item["instruction"], item.get("input", ""), item["output"],
-                              family, "open-ended"))
-    return records
-
-
 def load_vendored_records() -> list[Record]:
     """The course's 1,100 vendored Alpaca-style instructions (Apache-2.0) as `Record`s."""
     from llm_tutorial import assets
@@ -727,307 +683,12 @@ def load_vendored_records() -> list[Record]:
     return records_from_dicts(assets.load_instruction_data())
 
 
-def render_alpaca(record: Record, with_answer: bool = True) -> str:
-    """The Alpaca prompt format (Taori et al., 2023), optionally followed by the answer."""
-    header = ("Below is an instruction that describes a task"
-              + (", paired with an input that provides further context" if record.input else "")
-              + ". Write a response that appropriately completes the request.\n\n")
-    text = header + f"### Instruction:\n{record.instruction}\n\n"
-    if record.input:
-        text += f"### Input:\n{record.input}\n\n"
-    text += "### Response:\n"
-    return text + (record.output if with_answer else "")
-
-
-def render_chat(tokenizer, record: Record, with_answer: bool = True) -> str:
-    """The record through the tokenizer's chat template: the user turn (instruction, then the
-    input on a new line), and the assistant's answer when `with_answer`."""
-    content = record.instruction if not record.input else f"{record.instruction}\n\n{record.input}"
-    messages = [{"role": "user", "content": content}]
-    if with_answer:
-        messages.append({"role": "assistant", "content": record.output})
-    return tokenizer.apply_chat_template(messages, tokenize=False,
-                                         add_generation_prompt=not with_answer)
-
-
-# ------------------------------------------------------------------------------ SFT examples
-#
-# Supervised fine-tuning (SFT) trains a causal LM on "prompt, then answer" token sequences. Two
-# choices shape what it learns and how fast:
-#
-# * **Which tokens carry the loss.** With `mask_prompt=True` the prompt's labels are -100, so
-#   the loss is the answer's negative log-likelihood only; otherwise the model also spends its
-#   capacity learning to predict the (templated, repetitive) prompts.
-# * **How examples share a batch.** *Padding* right-pads every row to the longest example, and
-#   the padding is wasted compute. *Packing* concatenates examples into rows of a fixed length;
-#   `position_ids` restart at 0 for each example, and with no `attention_mask` transformers
-#   builds a block-diagonal causal mask from them, so packed examples cannot attend to each
-#   other and the loss is the same as with padding.
-
-
-@dataclass(frozen=True)
-class Example:
-    """One tokenised SFT example: `labels` is `input_ids` with -100 where there is no loss."""
-
-    input_ids: tuple[int, ...]
-    labels: tuple[int, ...]
-    truncated: bool = False
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-
-def _as_records(records: Sequence[Record | Mapping[str, Any]]) -> list[Record]:
-    if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Sequence):
-        raise TypeError("records must be a list of Records (or of {instruction, input, output} "
-                        "dicts)")
-    if not records:
-        raise ValueError("records is empty: pass at least one record")
-    if all(isinstance(r, Record) for r in records):
-        return list(records)
-    if all(isinstance(r, Mapping) for r in records):
-        return records_from_dicts(records)
-    kinds = sorted({type(r).__name__ for r in records})
-    raise TypeError(f"records must all be Records or all dicts, got {kinds}")
-
-
-def _render_parts(tokenizer, record: Record, fmt: str) -> tuple[str, str]:
-    """(prompt, answer) texts whose concatenation is the full training text."""
-    if fmt == "chat":
-        prompt = render_chat(tokenizer, record, with_answer=False)
-        full = render_chat(tokenizer, record, with_answer=True)
-        if not full.startswith(prompt):  # a template that rewrites earlier turns
-            raise ValueError("the chat template's prompt is not a prefix of prompt + answer; "
-                             "use fmt='alpaca' for this tokenizer")
-        return prompt, full[len(prompt):]
-    return render_alpaca(record, with_answer=False), record.output + (tokenizer.eos_token or "")
-
-
-def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def encode_sft(tokenizer, records: Sequence[Record | Mapping[str, Any]], max_length: int = 256,
-               mask_prompt: bool = True, fmt: str = "chat") -> list[Example]:
-    """
-    Tokenise records for SFT: the prompt (`fmt="chat"`: the tokenizer's chat template, or
-    `"alpaca"`), then the answer and its end-of-turn token. With `mask_prompt` the prompt's
-    labels are -100. The first token's label is always -100: nothing predicts it.
-
-    An example longer than `max_length` has its **input** cut from the left (the end of a
-    document is usually what the question is about, and the instruction stays whole), with one
-    warning naming the records; the answer is never cut. A record whose instruction and answer
-    alone exceed `max_length` is an error naming its index.
-    """
-    records = _as_records(records)
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-        raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
-    if fmt not in ("chat", "alpaca"):
-        raise ValueError(f"fmt must be 'chat' or 'alpaca', got {fmt!r}")
-    examples, cut = [], []
-    for i, record in enumerate(records):
-        was_cut = False
-        prompt, answer = _render_parts(tokenizer, record, fmt)
-        prompt_ids, answer_ids = _ids(tokenizer, prompt), _ids(tokenizer, answer)
-        overflow = len(prompt_ids) + len(answer_ids) - max_length
-        if overflow > 0:
-            input_ids = _ids(tokenizer, record.input)
-            keep = len(input_ids) - overflow
-            while keep >= 0 and input_ids:  # re-render: a cut text's token count can drift
-                kept = tokenizer.decode(input_ids[len(input_ids) - keep:]).lstrip() if keep else ""
-                shorter = Record(record.instruction, kept, record.output, record.family, record.kind)
-                prompt_ids = _ids(tokenizer, _render_parts(tokenizer, shorter, fmt)[0])
-                overflow = len(prompt_ids) + len(answer_ids) - max_length
-                if overflow <= 0 or keep == 0:
-                    break
-                keep = max(keep - overflow, 0)
-            if overflow > 0:
-                raise ValueError(
-                    f"record {i}: its instruction and answer alone take more than max_length="
-                    f"{max_length} tokens, and only the input may be cut; raise max_length or "
-                    f"drop the record")
-            cut.append(i)
-            was_cut = True
-        ids = prompt_ids + answer_ids
-        labels = ([-100] * len(prompt_ids) if mask_prompt else list(prompt_ids)) + answer_ids
-        labels[0] = -100
-        examples.append(Example(tuple(ids), tuple(labels), was_cut))
-    if cut:
-        warnings.warn(f"{len(cut)} of {len(records)} records were longer than max_length="
-                      f"{max_length}: their input was cut from the left, answers kept whole "
-                      f"(records {cut[:5]}{' ...' if len(cut) > 5 else ''})", stacklevel=2)
-    return examples
-
-
-def _check_examples(examples: Sequence[Example]) -> None:
-    if isinstance(examples, Example) or not isinstance(examples, Sequence) or not examples:
-        raise ValueError("examples must be a non-empty list of Examples (from encode_sft)")
-    if not all(isinstance(e, Example) for e in examples):
-        raise TypeError("examples must be Examples, as returned by encode_sft")
-
-
-def pad(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """One right-padded batch: `input_ids`, `attention_mask` and `labels` (-100 on padding)."""
-    _check_examples(examples)
-    width = max(len(e) for e in examples)
-    batch = {"input_ids": torch.full((len(examples), width), pad_id, dtype=torch.long),
-             "attention_mask": torch.zeros((len(examples), width), dtype=torch.long),
-             "labels": torch.full((len(examples), width), -100, dtype=torch.long)}
-    for row, e in enumerate(examples):
-        batch["input_ids"][row, :len(e)] = torch.tensor(e.input_ids)
-        batch["attention_mask"][row, :len(e)] = 1
-        batch["labels"][row, :len(e)] = torch.tensor(e.labels)
-    return batch
-
-
-def pack(examples: Sequence[Example], length: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """
-    Examples concatenated, in order, into rows of `length` tokens (a new row starts when the
-    next example does not fit; examples are never split). `position_ids` restart at 0 for
-    each example, which is how the model keeps them apart; the unused tail of a row is padding
-    with labels -100. No `attention_mask`: passing one would switch the packed mask off.
-    """
-    _check_examples(examples)
-    longest = max(len(e) for e in examples)
-    if isinstance(length, bool) or not isinstance(length, int) or length < longest:
-        raise ValueError(f"length must be an int >= the longest example ({longest} tokens), "
-                         f"got {length!r}")
-    rows: list[list[Example]] = [[]]
-    for e in examples:
-        if sum(len(x) for x in rows[-1]) + len(e) > length:
-            rows.append([])
-        rows[-1].append(e)
-    batch = {"input_ids": torch.full((len(rows), length), pad_id, dtype=torch.long),
-             "labels": torch.full((len(rows), length), -100, dtype=torch.long),
-             "position_ids": torch.zeros((len(rows), length), dtype=torch.long)}
-    for r, row in enumerate(rows):
-        start = 0
-        for e in row:
-            end = start + len(e)
-            batch["input_ids"][r, start:end] = torch.tensor(e.input_ids)
-            batch["labels"][r, start:end] = torch.tensor(e.labels)
-            batch["position_ids"][r, start:end] = torch.arange(len(e))
-            start = end
-        batch["position_ids"][r, start:] = torch.arange(length - start)  # the padding tail
-    return batch
-
-
-def sft_batches(examples: Sequence[Example], batch_size: int, pad_id: int, packing: bool = False,
-                length: int | None = None, seed: int = 0) -> list[dict[str, torch.Tensor]]:
-    """
-    Training batches from `examples`, shuffled with `seed`. Padding: `batch_size` examples per
-    batch, padded to the longest. Packing: `batch_size` rows of `length` tokens each (default:
-    the longest example), as many examples per row as fit.
-    """
-    _check_examples(examples)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    shuffled = [examples[i] for i in order]
-    if not packing:
-        return [pad(shuffled[i:i + batch_size], pad_id) for i in range(0, len(shuffled), batch_size)]
-    packed = pack(shuffled, length or max(len(e) for e in examples), pad_id)
-    return [{key: value[i:i + batch_size] for key, value in packed.items()}
-            for i in range(0, len(packed["input_ids"]), batch_size)]
-
-
-def batch_stats(batches: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, float]:
-    """Tokens in `batches`: `tokens` (all positions), `real` (not padding), `loss` (with a label),
-    `padding` (the wasted fraction) and `examples`."""
-    tokens = real = loss = examples = 0
-    for b in batches:
-        tokens += b["input_ids"].numel()
-        if "attention_mask" in b:
-            real += int(b["attention_mask"].sum())
-            examples += len(b["input_ids"])
-        else:  # packed: a row's examples end at its last label; each starts at position 0
-            for positions, labels in zip(b["position_ids"], b["labels"], strict=True):
-                labelled = (labels != -100).nonzero()
-                end = int(labelled.max()) + 1 if len(labelled) else 0
-                real += end
-                examples += int((positions[:end] == 0).sum())
-        loss += int((b["labels"][:, 1:] != -100).sum())
-    return {"tokens": tokens, "real": real, "loss": loss, "padding": 1 - real / max(tokens, 1),
-            "examples": examples}
-
-
-# ------------------------------------------------------------------------------ answering, scoring
-
-
-def _check_decoding(do_sample: bool, temperature: float, top_k: int | None, top_p: float | None,
-                    repetition_penalty: float) -> None:
-    if not isinstance(do_sample, bool):
-        raise TypeError(f"do_sample must be True or False, got {do_sample!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (for greedy decoding use do_sample=False), "
-                         f"got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int or None (no limit), got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                              or not 0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
-    if (isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, (int, float))
-            or not repetition_penalty > 0):
-        raise ValueError(f"repetition_penalty must be > 0 (1.0: none), got {repetition_penalty!r}")
-
-
-@torch.no_grad()
-def answer(model, tokenizer, records: Sequence[Record | Mapping[str, Any]], max_new_tokens: int = 32,
-           batch_size: int = 16, *, do_sample: bool = False, temperature: float = 1.0,
-           top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
-           seed: int = 0) -> list[str]:
-    """
-    A chat model's answers to `records` (rendered with `render_chat`), in order. Greedy by
-    default; `do_sample=True` samples from the next-token distribution divided by
-    `temperature`, restricted to the `top_k` likeliest tokens and/or the smallest set whose
-    probability reaches `top_p` (None: no restriction). `repetition_penalty` > 1 makes tokens
-    already present less likely. Sampling is reproducible from `seed`. Prompts are sorted by
-    length and left-padded in batches, so little compute goes to padding.
-    """
-    from llm_tutorial.trainer import eval_mode, model_device
-
-    records = _as_records(records)
-    _check_decoding(do_sample, temperature, top_k, top_p, repetition_penalty)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    prompts = [render_chat(tokenizer, r, with_answer=False) for r in records]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
-                   repetition_penalty=float(repetition_penalty),
-                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    if do_sample:  # 0 / 1.0 switch the filters off (transformers' own defaults are top_k=50)
-        options.update(temperature=float(temperature), top_k=top_k or 0, top_p=float(top_p or 1.0))
-    else:
-        options.update(temperature=None, top_k=None, top_p=None)
-    device = model_device(model)
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    answers: dict[int, str] = {}
-    generator_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        with eval_mode(model):
-            for start in runtime.batch_progress(range(0, len(order), batch_size), desc="generate"):
-                chunk = order[start:start + batch_size]
-                enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True,
-                                add_special_tokens=False)
-                enc = {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
-                out = model.generate(**enc, **options)
-                for i, row in zip(chunk, out, strict=True):
-                    answers[i] = tokenizer.decode(row[enc["input_ids"].shape[1]:],
-                                                  skip_special_tokens=True).strip()
-    finally:
-        torch.random.set_rng_state(generator_state)
-        tokenizer.padding_side = side
-    return [answers[i] for i in range(len(records))]
-
-
 def score(records: Sequence[Record], predictions: Sequence[str]) -> pd.DataFrame:
     """One row per record: family, kind, the prompt, reference, prediction, and `correct`
     (the family's verifier)."""
     import pandas as pd
 
-    records = _as_records(records)
+    records = as_records(records)
     if isinstance(predictions, str) or len(predictions) != len(records):
         raise ValueError(f"predictions must be a list with one answer per record "
                          f"({len(records)}), got {type(predictions).__name__} of "
@@ -1041,7 +702,7 @@ def score(records: Sequence[Record], predictions: Sequence[str]) -> pd.DataFrame
 def family_breakdown(table: pd.DataFrame) -> pd.DataFrame:
     """
     Is a family's score a skill or a habit? Per family of a scored table (`score`,
-    `exact_match`): the records, the exact match, the model's most frequent answer (after
+    `answer_and_score`): the records, the exact match, the model's most frequent answer (after
     normalising case, spaces and end punctuation) with its share of the family's answers, and
     the **constant exact match**: the score of that one answer given to every record of the
     family. A model that says "no" to every "is this a leap year?" scores about 0.75 on
@@ -1057,7 +718,7 @@ def family_breakdown(table: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in needed if c not in getattr(table, "columns", ())]
     if missing:
         raise KeyError(f"table lacks the columns {missing}: pass a table from ins.score, "
-                       f"ins.exact_match or ins.evaluate_splits")
+                       f"ins.answer_and_score or ins.evaluate_splits")
     if table.empty:
         raise ValueError("table has no rows: score some answers first")
     rows = []
@@ -1075,55 +736,11 @@ def family_breakdown(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("family")
 
 
-def exact_match(model, tokenizer, records: Sequence[Record], max_new_tokens: int = 32,
+def answer_and_score(model, tokenizer, records: Sequence[Record], max_new_tokens: int = 32,
                 batch_size: int = 16, **decoding: Any) -> pd.DataFrame:
     """`score` of the model's answers (`answer(..., **decoding)`); `.correct.mean()` is the
     verifier exact-match accuracy."""
     return score(records, answer(model, tokenizer, records, max_new_tokens, batch_size, **decoding))
-
-
-@torch.no_grad()
-def answer_nll(model, tokenizer, records: Sequence[Record | Mapping[str, Any]],
-               max_length: int = 256, batch_size: int = 16, by_record: bool = False
-               ) -> float | list[tuple[float, int]]:
-    """
-    How surprised the model is by the **reference** answers: the mean negative log-likelihood
-    per answer token (nats), with the prompt given and the answer teacher-forced, as in training
-    (`encode_sft`, prompt masked). No generation, so it moves before whole answers come out
-    right. Token-weighted over all records (`peft_methods.answer_nll`'s number), or with
-    `by_record` one `(mean NLL per answer token, answer tokens)` pair per record, in order.
-    Examples are sorted by length and padded per batch, so little compute goes to padding.
-    """
-    import torch.nn.functional as F
-
-    from llm_tutorial.trainer import eval_mode, model_device
-
-    records = _as_records(records)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    examples = encode_sft(tokenizer, records, max_length)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
-    sums, counts = [0.0] * len(examples), [0] * len(examples)
-    device = model_device(model)
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
-    with eval_mode(model):
-        for start in runtime.batch_progress(range(0, len(order), batch_size), desc="answer NLL"):
-            chunk = order[start:start + batch_size]
-            batch = {k: v.to(device) for k, v in pad([examples[i] for i in chunk], pad_id).items()}
-            hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             use_cache=False).last_hidden_state
-            targets = batch["labels"][:, 1:]  # position t predicts token t + 1
-            keep = targets != -100
-            losses = F.cross_entropy(head(hidden[:, :-1][keep]).float(), targets[keep],
-                                     reduction="none")
-            per_row = torch.zeros(len(chunk), device=losses.device).index_add_(
-                0, keep.nonzero()[:, 0], losses)
-            for row, i in enumerate(chunk):
-                sums[i], counts[i] = float(per_row[row]), int(keep[row].sum())
-    if by_record:
-        return [(total / max(n, 1), n) for total, n in zip(sums, counts, strict=True)]
-    return sum(sums) / max(sum(counts), 1)
 
 
 def shared_prefix_length(ids: Sequence[Sequence[int]]) -> int:
@@ -1163,7 +780,7 @@ def answers_and_nll(model, tokenizer, records: Sequence[Record | Mapping[str, An
 
     from llm_tutorial.trainer import eval_mode, model_device
 
-    records = _as_records(records)
+    records = as_records(records)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -1269,7 +886,7 @@ def majority_answer_accuracy(records: Sequence[Record], sample: int = 200, seed:
     number of a list). A tuned model shows a skill only where it beats this. Every record must
     come from a generated family (`FAMILIES`).
     """
-    records = _as_records(records)
+    records = as_records(records)
     by_family: dict[str, list[Record]] = {}
     for record in records:
         by_family.setdefault(record.family, []).append(record)
@@ -1303,7 +920,7 @@ def evaluation_splits(train_families: Sequence[str], heldout_families: Sequence[
 def evaluate_splits(model, tokenizer, splits: Mapping[str, Sequence[Record]],
                     max_new_tokens: int = 32, batch_size: int = 16, nll: bool = False,
                     max_length: int = 256, **decoding: Any) -> dict[str, pd.DataFrame]:
-    """`exact_match` on several named evaluation sets at once (e.g. training families,
+    """`answer_and_score` on several named evaluation sets at once (e.g. training families,
     held-out templates, held-out families): the answers are generated in one batched pass
     over all the records, and one scored table comes back per name, in order. With `nll`,
     each row also gets its reference answer's `answer NLL` (mean per token, `answer_nll`,
@@ -1319,14 +936,12 @@ def evaluate_splits(model, tokenizer, splits: Mapping[str, Sequence[Record]],
     records = [r for recs in splits.values() for r in recs]
     if nll and set(decoding) <= {"do_sample", "temperature", "seed"}:  # one pass for both
         temperature = decoding.get("temperature", 1.0) if decoding.get("do_sample") else 0.0
-        _check_decoding(bool(decoding.get("do_sample", False)), decoding.get("temperature", 1.0),
-                        None, None, 1.0)
         predictions, pairs = answers_and_nll(model, tokenizer, records, max_new_tokens,
                                              batch_size, max_length, temperature,
                                              decoding.get("seed", 0))
         table = score(records, predictions)
     else:
-        table = exact_match(model, tokenizer, records, max_new_tokens, batch_size, **decoding)
+        table = answer_and_score(model, tokenizer, records, max_new_tokens, batch_size, **decoding)
         if nll:
             pairs = answer_nll(model, tokenizer, records, max_length, batch_size, by_record=True)
     table["split"] = [name for name, recs in splits.items() for _ in recs]
@@ -1369,23 +984,6 @@ def split_summary(tables: Mapping[str, pd.DataFrame], by: str | None = None) -> 
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(by or "split")
 
 
-def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
-    """ROUGE-L F1 of each prediction against its reference (longest common subsequence of
-    words, stemmed; package `rouge-score`): a reference-based metric for open-ended answers."""
-    from rouge_score import rouge_scorer
-
-    if isinstance(predictions, str) or isinstance(references, str):
-        raise TypeError("predictions and references must be lists of strings")
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return [scorer.score(str(ref), str(pred))["rougeL"].fmeasure
-            for pred, ref in zip(predictions, references, strict=True)]
-
-
-# ------------------------------------------------------------------------------ tuning
-
-
 def sft_mixture(families: Sequence[str], n: int, open_records: Sequence[Record] = (),
                 open_share: float = 0.25, seed: int = 0) -> list[Record]:
     """
@@ -1408,7 +1006,7 @@ def sft_mixture(families: Sequence[str], n: int, open_records: Sequence[Record] 
     rng = random.Random(seed)
     mix = take(n - n_open, families, seed=seed)
     if n_open:
-        mix += rng.sample(_as_records(open_records), n_open)
+        mix += rng.sample(as_records(open_records), n_open)
     rng.shuffle(mix)
     return mix
 
@@ -1438,7 +1036,7 @@ def tune(model, tokenizer, records: Sequence[Record | Mapping[str, Any]], steps:
     pm.freeze(model)
     torch.manual_seed(seed)
     pm.inject_lora(model, list(targets), r=r, alpha=alpha)
-    trainer = Trainer(pm.AnswerOnlyLM(model), batches,
+    trainer = Trainer(AnswerOnlyLM(model), batches,
                       TrainConfig(max_steps=steps, lr=lr, warmup_steps=0.1,
                                   log_every=max(1, steps // 5), desc=desc, progress=progress))
     return trainer.train()
@@ -1511,7 +1109,7 @@ def generalisation_curve(model, tokenizer, families: Sequence[str], eval_records
     for count, names in subsets.items():
         tune(model, tokenizer, _take_cycling(n, names, seed), steps, seed=seed,
              desc=f"{count} families", **tune_options)
-        table = exact_match(model, tokenizer, eval_records, max_new_tokens, eval_batch_size)
+        table = answer_and_score(model, tokenizer, eval_records, max_new_tokens, eval_batch_size)
         row = {"families": count, "accuracy": table["correct"].mean()}
         if nll:
             row["answer NLL"] = answer_nll(model, tokenizer, eval_records,

@@ -25,7 +25,7 @@ same features and budget: `DigitCNN` (trained here to classify digits) or Effici
 Transformer (`TinyTextEncoder`, trained with the fusion) for questions. An image is a grid of
 patch vectors plus one pooled vector; a question is token vectors plus one pooled vector.
 
-**The fusion strategies** (`FusionHead`): early concatenation, late fusion (averaged
+**The fusion strategies** (one `FusionHead` class each, in the `FUSIONS` registry): early concatenation, late fusion (averaged
 scores), gated fusion, FiLM and cross-attention, next to an image-only and a text-only model.
 
 **Alignment** (`ClipModel`): a small CNN and a projection of MiniLM sentence vectors trained
@@ -77,6 +77,9 @@ __all__ = [
     "encode_questions_minilm",
     "TinyTextEncoder",
     "FusionHead",
+    "FusionDims",
+    "FUSIONS",
+    "fusion_head",
     "VQAModel",
     "train_vqa",
     "vqa_accuracy",
@@ -567,94 +570,154 @@ class FusionHead(nn.Module):
     """
     ## Five ways to combine an image and a question
 
-    Inputs: image `patches` $P \\in \\mathbb{R}^{n\\times c}$ and vector $v$; question `tokens`
-    $T \\in \\mathbb{R}^{t\\times d}$ (with a padding mask) and vector $u$. Output: two logits.
-
-    * `image_only` / `text_only`: an MLP on $v$ or on $u$ — the unimodal baselines.
-    * `concat` (early fusion): $\\mathrm{MLP}([W_v v;\\, W_u u])$. The MLP sees both at once and
-      can learn any interaction.
-    * `late` (score averaging): $\\tfrac12(\\mathrm{MLP}_v(v) + \\mathrm{MLP}_u(u))$. Each
-      modality scores alone and the scores are averaged — an *additive* model, which cannot
-      express "yes for 7 under this question, no under its negation".
-    * `gated` (a gated multimodal unit, Arevalo et al. 2017): $z = \\sigma(W_z[v; u])$,
-      $h = z \\odot \\tanh(W_v v) + (1 - z) \\odot \\tanh(W_u u)$, then an MLP. The gate decides,
-      feature by feature, which modality to listen to.
-    * `film` (Perez et al. 2018): the question predicts a scale and shift per channel,
-      $\\gamma, \\beta = W u$, applied to every image patch (plus a learned position),
-      $\\mathrm{ReLU}((1+\\gamma) \\odot (W_P p + e_{pos}) + \\beta)$; the modulated grid, flattened,
-      goes to an MLP. Text *modulates* vision: the same pixels, read differently per question.
-    * `cross_attention`: the question tokens are queries over the image patches,
-      $\\mathrm{softmax}(Q K^\\top/\\sqrt{d_h}) V$ with $Q = W_Q T$, $K = W_K P$, $V = W_V P$ (4 heads);
-      the keys are the patches (each plus a learned position) and the pooled image vector as a
-      summary key. The mean over tokens of the queries and of what they read, side by side,
-      goes to an MLP. `last_attention` keeps the weights (batch, tokens, 1 + patches,
-      averaged over heads) for plotting.
+    Every fusion head takes image `patches` $P \\in \\mathbb{R}^{n\\times c}$ and vector $v$, and
+    question `tokens` $T \\in \\mathbb{R}^{t\\times d}$ (with a padding mask) and vector $u$, and
+    returns two logits. One small class per strategy follows, registered in `FUSIONS` under its
+    name; `fusion_head(strategy, ...)` builds one. `last_attention` is set by the strategies
+    that attend (cross-attention) for plotting.
     """
 
-    def __init__(self, strategy: str, patch_dim: int, image_dim: int, token_dim: int,
-                 text_dim: int, n_patches: int, hidden: int = 64, heads: int = 4) -> None:
-        super().__init__()
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        for name, value in (("patch_dim", patch_dim), ("image_dim", image_dim),
-                            ("token_dim", token_dim), ("text_dim", text_dim),
-                            ("n_patches", n_patches), ("hidden", hidden)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if strategy == "cross_attention" and hidden % heads:
-            raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
-        self.strategy = strategy
-        self.last_attention: torch.Tensor | None = None
-        if strategy == "image_only":
-            self.mlp = _mlp(image_dim, hidden)
-        elif strategy == "text_only":
-            self.mlp = _mlp(text_dim, hidden)
-        elif strategy == "concat":
-            self.image, self.text = nn.Linear(image_dim, hidden), nn.Linear(text_dim, hidden)
-            self.mlp = _mlp(2 * hidden, hidden)
-        elif strategy == "late":
-            self.image_mlp, self.text_mlp = _mlp(image_dim, hidden), _mlp(text_dim, hidden)
-        elif strategy == "gated":
-            self.image, self.text = nn.Linear(image_dim, hidden), nn.Linear(text_dim, hidden)
-            self.gate = nn.Linear(image_dim + text_dim, hidden)
-            self.mlp = _mlp(hidden, hidden)
-        elif strategy == "film":
-            self.patch = nn.Linear(patch_dim, hidden)
-            self.where = nn.Parameter(torch.zeros(n_patches, hidden))
-            self.film = nn.Linear(text_dim, 2 * hidden)
-            self.out = _mlp(n_patches * hidden, hidden)
-        else:
-            self.query = nn.Sequential(nn.LayerNorm(token_dim), nn.Linear(token_dim, hidden))
-            self.patch = nn.Sequential(nn.LayerNorm(patch_dim), nn.Linear(patch_dim, hidden))
-            self.where = nn.Parameter(torch.zeros(n_patches, hidden))
-            self.summary = nn.Linear(image_dim, hidden)
-            self.key_value = nn.Linear(hidden, 2 * hidden)
-            self.attention = nn.MultiheadAttention(hidden, heads, batch_first=True)
-            self.mlp = _mlp(2 * hidden, hidden)
+    strategy = ""
+    last_attention: torch.Tensor | None = None
 
     def forward(self, patches: torch.Tensor, image_vector: torch.Tensor, tokens: torch.Tensor,
                 token_mask: torch.Tensor, text_vector: torch.Tensor) -> torch.Tensor:
-        s = self.strategy
-        if s == "image_only":
-            return self.mlp(image_vector)
-        if s == "text_only":
-            return self.mlp(text_vector)
-        if s == "concat":
-            return self.mlp(torch.relu(torch.cat([self.image(image_vector),
-                                                  self.text(text_vector)], -1)))
-        if s == "late":
-            return (self.image_mlp(image_vector) + self.text_mlp(text_vector)) / 2
-        if s == "gated":
-            z = torch.sigmoid(self.gate(torch.cat([image_vector, text_vector], -1)))
-            h = z * torch.tanh(self.image(image_vector)) + (1 - z) * torch.tanh(self.text(text_vector))
-            return self.mlp(h)
-        if s == "film":
-            gamma, beta = self.film(text_vector).unsqueeze(1).chunk(2, dim=-1)
-            x = torch.relu((1 + gamma) * (self.patch(patches) + self.where) + beta)
-            return self.out(x.flatten(1))
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class FusionDims:
+    """The sizes a fusion head is built for: patch and pooled image features, token and pooled
+    question features, patches per image, and the head's hidden width and attention heads."""
+
+    patch_dim: int
+    image_dim: int
+    token_dim: int
+    text_dim: int
+    n_patches: int
+    hidden: int = 64
+    heads: int = 4
+
+
+class ImageOnly(FusionHead):
+    """The image-only baseline: an MLP on $v$. It cannot see the question."""
+
+    strategy = "image_only"
+
+    def __init__(self, d: FusionDims) -> None:
+        super().__init__()
+        self.mlp = _mlp(d.image_dim, d.hidden)
+
+    def forward(self, patches, image_vector, tokens, token_mask, text_vector):
+        return self.mlp(image_vector)
+
+
+class TextOnly(FusionHead):
+    """The text-only baseline: an MLP on $u$. It cannot see the image."""
+
+    strategy = "text_only"
+
+    def __init__(self, d: FusionDims) -> None:
+        super().__init__()
+        self.mlp = _mlp(d.text_dim, d.hidden)
+
+    def forward(self, patches, image_vector, tokens, token_mask, text_vector):
+        return self.mlp(text_vector)
+
+
+class Concat(FusionHead):
+    """Early fusion: $\\mathrm{MLP}([W_v v;\\, W_u u])$. The MLP sees both at once and can learn
+    any interaction."""
+
+    strategy = "concat"
+
+    def __init__(self, d: FusionDims) -> None:
+        super().__init__()
+        self.image, self.text = nn.Linear(d.image_dim, d.hidden), nn.Linear(d.text_dim, d.hidden)
+        self.mlp = _mlp(2 * d.hidden, d.hidden)
+
+    def forward(self, patches, image_vector, tokens, token_mask, text_vector):
+        return self.mlp(torch.relu(torch.cat([self.image(image_vector), self.text(text_vector)], -1)))
+
+
+class Late(FusionHead):
+    """Late fusion (score averaging): $\\tfrac12(\\mathrm{MLP}_v(v) + \\mathrm{MLP}_u(u))$. Each
+    modality scores alone and the scores are averaged: an *additive* model, which cannot
+    express "yes for 7 under this question, no under its negation"."""
+
+    strategy = "late"
+
+    def __init__(self, d: FusionDims) -> None:
+        super().__init__()
+        self.image_mlp, self.text_mlp = _mlp(d.image_dim, d.hidden), _mlp(d.text_dim, d.hidden)
+
+    def forward(self, patches, image_vector, tokens, token_mask, text_vector):
+        return (self.image_mlp(image_vector) + self.text_mlp(text_vector)) / 2
+
+
+class Gated(FusionHead):
+    """A gated multimodal unit (Arevalo et al. 2017): $z = \\sigma(W_z[v; u])$,
+    $h = z \\odot \\tanh(W_v v) + (1 - z) \\odot \\tanh(W_u u)$, then an MLP. The gate decides,
+    feature by feature, which modality to listen to."""
+
+    strategy = "gated"
+
+    def __init__(self, d: FusionDims) -> None:
+        super().__init__()
+        self.image, self.text = nn.Linear(d.image_dim, d.hidden), nn.Linear(d.text_dim, d.hidden)
+        self.gate = nn.Linear(d.image_dim + d.text_dim, d.hidden)
+        self.mlp = _mlp(d.hidden, d.hidden)
+
+    def forward(self, patches, image_vector, tokens, token_mask, text_vector):
+        z = torch.sigmoid(self.gate(torch.cat([image_vector, text_vector], -1)))
+        return self.mlp(z * torch.tanh(self.image(image_vector))
+                        + (1 - z) * torch.tanh(self.text(text_vector)))
+
+
+class FiLM(FusionHead):
+    """FiLM (Perez et al. 2018): the question predicts a scale and shift per channel,
+    $\\gamma, \\beta = W u$, applied to every image patch (plus a learned position),
+    $\\mathrm{ReLU}((1+\\gamma) \\odot (W_P p + e_{pos}) + \\beta)$; the modulated grid, flattened,
+    goes to an MLP. Text *modulates* vision: the same pixels, read differently per question."""
+
+    strategy = "film"
+
+    def __init__(self, d: FusionDims) -> None:
+        super().__init__()
+        self.patch = nn.Linear(d.patch_dim, d.hidden)
+        self.where = nn.Parameter(torch.zeros(d.n_patches, d.hidden))
+        self.film = nn.Linear(d.text_dim, 2 * d.hidden)
+        self.out = _mlp(d.n_patches * d.hidden, d.hidden)
+
+    def forward(self, patches, image_vector, tokens, token_mask, text_vector):
+        gamma, beta = self.film(text_vector).unsqueeze(1).chunk(2, dim=-1)
+        x = torch.relu((1 + gamma) * (self.patch(patches) + self.where) + beta)
+        return self.out(x.flatten(1))
+
+
+class CrossAttention(FusionHead):
+    """The question tokens are queries over the image patches,
+    $\\mathrm{softmax}(Q K^\\top/\\sqrt{d_h}) V$ with $Q = W_Q T$, $K = W_K P$, $V = W_V P$ (4 heads);
+    the keys are the patches (each plus a learned position) and the pooled image vector as a
+    summary key. The mean over tokens of the queries and of what they read, side by side, goes
+    to an MLP. `last_attention` keeps the weights (batch, tokens, 1 + patches, averaged over
+    heads) for plotting."""
+
+    strategy = "cross_attention"
+
+    def __init__(self, d: FusionDims) -> None:
+        super().__init__()
+        self.query = nn.Sequential(nn.LayerNorm(d.token_dim), nn.Linear(d.token_dim, d.hidden))
+        self.patch = nn.Sequential(nn.LayerNorm(d.patch_dim), nn.Linear(d.patch_dim, d.hidden))
+        self.where = nn.Parameter(torch.zeros(d.n_patches, d.hidden))
+        self.summary = nn.Linear(d.image_dim, d.hidden)
+        self.key_value = nn.Linear(d.hidden, 2 * d.hidden)
+        self.attention = nn.MultiheadAttention(d.hidden, d.heads, batch_first=True)
+        self.mlp = _mlp(2 * d.hidden, d.hidden)
+
+    def forward(self, patches, image_vector, tokens, token_mask, text_vector):
         query = self.query(tokens)
-        keys = torch.cat([self.summary(image_vector).unsqueeze(1),
-                          self.patch(patches) + self.where], 1)
+        keys = torch.cat([self.summary(image_vector).unsqueeze(1), self.patch(patches) + self.where], 1)
         key, value = self.key_value(keys).chunk(2, dim=-1)
         attended, weights = self.attention(query, key, value, need_weights=True,
                                            average_attn_weights=True)
@@ -662,6 +725,22 @@ class FusionHead(nn.Module):
         mask = token_mask.long()
         return self.mlp(torch.relu(torch.cat([pool(query, mask, "mean"),
                                               pool(attended, mask, "mean")], -1)))
+
+
+FUSIONS: dict[str, type[FusionHead]] = {
+    cls.strategy: cls for cls in (ImageOnly, TextOnly, Concat, Late, Gated, FiLM, CrossAttention)}
+assert tuple(FUSIONS) == STRATEGIES
+
+
+def fusion_head(strategy: str, patch_dim: int, image_dim: int, token_dim: int, text_dim: int,
+                n_patches: int, hidden: int = 64, heads: int = 4) -> FusionHead:
+    """The fusion head registered as `strategy` (one of `STRATEGIES`), built for these sizes."""
+    if strategy not in FUSIONS:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if strategy == "cross_attention" and hidden % heads:
+        raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
+    return FUSIONS[strategy](FusionDims(patch_dim, image_dim, token_dim, text_dim, n_patches,
+                                        hidden, heads))
 
 
 class VQAModel(nn.Module):
@@ -698,9 +777,9 @@ class VQAModel(nn.Module):
             raise TypeError(f"text must be TextFeatures (frozen) or a TinyTextEncoder, got "
                             f"{type(text).__name__}")
         self.questions = questions
-        self.head = FusionHead(strategy, image_features.patches.shape[2],
-                               image_features.vectors.shape[1], token_dim, text_dim,
-                               image_features.patches.shape[1], hidden)
+        self.head = fusion_head(strategy, image_features.patches.shape[2],
+                                image_features.vectors.shape[1], token_dim, text_dim,
+                                image_features.patches.shape[1], hidden)
 
     @property
     def strategy(self) -> str:

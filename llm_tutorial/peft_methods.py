@@ -47,7 +47,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from llm_tutorial import finetuning as ft
-from llm_tutorial import instructions, pretraining, runtime
+from llm_tutorial import pretraining
 from llm_tutorial.trainer import (
     TrainConfig,
     Trainer,
@@ -71,7 +71,7 @@ __all__ = [
     "inject_adapters",
     "freeze",
     "unfreeze",
-    "count_parameters",
+    "parameter_counts",
     "trainable_by_location",
     "training_state_bytes",
     "trainable_state_dict",
@@ -84,11 +84,6 @@ __all__ = [
     "standard_methods",
     "compare_methods",
     "summarise_comparison",
-    "chat_prompt",
-    "encode_chat_sft",
-    "AnswerOnlyLM",
-    "answer_nll",
-    "generate",
 ]
 
 
@@ -359,7 +354,7 @@ def unfreeze(module: nn.Module) -> nn.Module:
     return module.requires_grad_(True)
 
 
-def count_parameters(model: nn.Module) -> dict[str, int]:
+def parameter_counts(model: nn.Module) -> dict[str, int]:
     """`{"trainable": ..., "total": ...}` parameter counts (`parameters()` yields a tensor
     shared by two modules, such as tied embeddings, once)."""
     return {"trainable": pretraining.count_parameters(model, trainable_only=True),
@@ -728,10 +723,10 @@ def compare_methods(
                 if encoded is None:
                     encoded = (ft.encode(tokenizer, train_texts, max_length, train_labels),
                                ft.encode(tokenizer, test_texts, max_length, test_labels))
-                    full_params = count_parameters(model)["total"]
+                    full_params = parameter_counts(model)["total"]
                 hook = method.prepare(model, max_steps)
                 model.to(device)
-                counts = count_parameters(model)
+                counts = parameter_counts(model)
                 config = TrainConfig(max_steps=max_steps, lr=method.lr, lr_by_prefix={"head.": head_lr},
                                      warmup_steps=0.1,
                                      progress=progress, desc=name, log_every=max_steps)
@@ -812,117 +807,3 @@ def load_recorded_comparison(path: str | os.PathLike | None = None
         raise ValueError(f"{path} lacks its provenance lines {sorted(missing)} ('# key: value' at the top)")
     return rows, provenance
 
-
-# ------------------------------------------------------------------------------ a causal LM
-
-
-def chat_prompt(tokenizer, instruction: str, context: str = "") -> str:
-    """The user turn `instruction` (followed by `context`, if any, on a new line) rendered
-    with the tokenizer's chat template, ending where the assistant's answer begins."""
-    if not isinstance(instruction, str) or not instruction.strip():
-        raise ValueError("instruction must be a non-empty string")
-    return instructions.render_chat(tokenizer, instructions.Record(instruction, context, ""),
-                                    with_answer=False)
-
-
-def encode_chat_sft(
-    tokenizer, records: Sequence[Mapping[str, str]], max_length: int = 128
-) -> dict[str, torch.Tensor]:
-    """
-    Supervised fine-tuning examples from Alpaca-style records (`instruction`, `input`,
-    `output`): the prompt through the chat template, then the answer and the end-of-turn
-    token. `labels` are the token ids with every prompt and padding position set to -100, so
-    the loss is the answer's negative log-likelihood only. Right-padded to the longest
-    example; examples longer than `max_length` are cut at the end. (Notebook 07's
-    `instructions.encode_sft` is the full version: it cuts the input from the left and never
-    the answer, and its examples can be packed.)
-    """
-    if not records:
-        raise ValueError("records is empty: pass at least one {instruction, input, output} dict")
-    end = tokenizer.eos_token or ""
-    rows = []
-    for i, rec in enumerate(records):
-        missing = {"instruction", "output"} - set(rec)
-        if missing:
-            raise KeyError(f"records[{i}] lacks {sorted(missing)}; it needs instruction, "
-                           f"output and optionally input")
-        prompt = tokenizer(chat_prompt(tokenizer, rec["instruction"], rec.get("input", "")),
-                           add_special_tokens=False)["input_ids"]
-        answer = tokenizer(rec["output"] + end, add_special_tokens=False)["input_ids"]
-        if len(prompt) >= max_length:
-            raise ValueError(f"records[{i}]'s prompt has {len(prompt)} tokens, max_length is "
-                             f"{max_length}: raise max_length or drop the record")
-        ids = (prompt + answer)[:max_length]
-        rows.append(instructions.Example(tuple(ids), tuple([-100] * len(prompt) + ids[len(prompt):])))
-    return instructions.pad(rows, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
-
-
-@dataclass
-class _LossOutput:
-    loss: torch.Tensor
-
-
-class AnswerOnlyLM(nn.Module):
-    """
-    Wraps a Hugging Face causal LM so that its forward pass computes the next-token loss
-    **only where there are labels**: the transformer runs on every position, but the output
-    layer (576 × 49,152 for SmolLM2, a fifth of the model) only on the answer tokens. Same loss
-    as `model(**batch).loss`, a fraction of the output layer's time and memory. The wrapped
-    model is `self.model`; its weights are shared, not copied.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
-            raise TypeError("AnswerOnlyLM wraps a causal LM with an output layer "
-                            "(AutoModelForCausalLM)")
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
-                **_: Any) -> _LossOutput:
-        if labels is None:
-            raise ValueError("AnswerOnlyLM needs labels (-100 where there is no target)")
-        # Packed rows (several examples in one row, `instructions.pack`) come with position_ids
-        # that restart at 0 for each example and no attention_mask: transformers then builds a
-        # block-diagonal causal mask, so examples cannot see each other. It only does so
-        # without a KV cache, hence use_cache=False.
-        hidden = self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                          position_ids=position_ids,
-                                          use_cache=False).last_hidden_state
-        targets = labels[:, 1:]  # position t predicts token t + 1
-        keep = targets != -100
-        logits = self.model.get_output_embeddings()(hidden[:, :-1][keep])
-        return _LossOutput(loss=F.cross_entropy(logits.float(), targets[keep]))
-
-
-@torch.no_grad()
-def answer_nll(model: nn.Module, encodings: Mapping[str, torch.Tensor], batch_size: int = 8
-               ) -> float:
-    """Mean negative log-likelihood per answer token of a causal LM on `encode_chat_sft`
-    examples (lower is better; `exp` of it is the answers' perplexity)."""
-    wrapper = model if isinstance(model, AnswerOnlyLM) else AnswerOnlyLM(model)
-    device = model_device(wrapper)
-    total, count = 0.0, 0
-    with eval_mode(wrapper):
-        for batch in runtime.batch_progress(ft.batches(encodings, batch_size), desc="answer NLL"):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            n = int((batch["labels"][:, 1:] != -100).sum())
-            total += wrapper(**batch).loss.item() * n
-            count += n
-    return total / max(count, 1)
-
-
-@torch.no_grad()
-def generate(model: nn.Module, tokenizer, instructions: Sequence[str], max_new_tokens: int = 32
-             ) -> list[str]:
-    """Greedy answers of a chat model to `instructions`, generated as one left-padded batch
-    (notebook 07's `instructions.answer`, which also samples, on records without an input)."""
-    from llm_tutorial import instructions as ins  # the parameter shadows the module's name
-
-    if isinstance(instructions, str) or not instructions:
-        raise TypeError("instructions must be a non-empty list of strings")
-    if not all(isinstance(text, str) and text.strip() for text in instructions):
-        raise ValueError("instruction must be a non-empty string")
-    return ins.answer(model, tokenizer, [ins.Record(text, "", "") for text in instructions],
-                      max_new_tokens, batch_size=len(instructions))

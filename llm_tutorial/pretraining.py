@@ -338,8 +338,10 @@ def fill_mask(model: nn.Module, tokenizer, text: str, top_k: int = 5) -> list[tu
 # --------------------------------------------------------------------------- sentence pairs
 
 
-def split_sentences(text: str) -> list[str]:
-    """A simple sentence splitter (on '. ', '? ', '! ' and newlines), good enough for news text."""
+def nsp_sentences(text: str) -> list[str]:
+    """The sentences `nsp_pairs` and `sop_pairs` draw from: split after '.', '?' or '!' and at
+    newlines, keeping those of three words or more (a crude rule, good enough for news text;
+    notebook 05's `token_classification.split_sentences` is the stricter one)."""
     parts = re.split(r"(?<=[.!?])\s+|\n+", text)
     return [p.strip() for p in parts if len(p.strip().split()) >= 3]
 
@@ -349,7 +351,7 @@ def nsp_pairs(documents: Sequence[str], n: int, seed: int = 0) -> list[tuple[str
     sentence that follows A (label 0, "is next"), half the time a sentence from another
     document (label 1, "random"). Labels follow ``BertForPreTraining``'s convention."""
     rng = random.Random(seed)
-    docs = [s for s in (split_sentences(d) for d in documents) if len(s) >= 2]
+    docs = [s for s in (nsp_sentences(d) for d in documents) if len(s) >= 2]
     if len(docs) < 2:
         raise ValueError("need at least two documents with two or more sentences each")
     pairs = []
@@ -368,7 +370,7 @@ def sop_pairs(documents: Sequence[str], n: int, seed: int = 0) -> list[tuple[str
     """Sentence-order-prediction pairs (ALBERT): two *consecutive* sentences of one document,
     in order (label 0) or swapped (label 1). Unlike NSP, topic cannot give the answer away."""
     rng = random.Random(seed)
-    docs = [s for s in (split_sentences(d) for d in documents) if len(s) >= 2]
+    docs = [s for s in (nsp_sentences(d) for d in documents) if len(s) >= 2]
     if not docs:
         raise ValueError("need at least one document with two or more sentences")
     pairs = []

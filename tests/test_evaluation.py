@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from chat_models import tiny_llama, word_chat_tokenizer
 from rouge_score import rouge_scorer
 from scipy import special, stats
-from seqeval import metrics as seqeval_metrics
 from sklearn import metrics as skm
 from test_finetuning import tiny_classifier
 from transformers import AutoTokenizer, BertModel
@@ -55,19 +54,13 @@ def sample_labels(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_accuracy_and_confusion_matrix_match_sklearn(seed):
+def test_confusion_matrix_matches_sklearn(seed):
     y, pred = noisy_labels(seed)
-    assert ev.accuracy(y, pred) == pytest.approx(skm.accuracy_score(y, pred), abs=1e-12)
     assert np.array_equal(ev.confusion_matrix(y, pred),
                           skm.confusion_matrix(y, pred, labels=range(4)))
     padded = ev.confusion_matrix(torch.as_tensor(y), pred, n_classes=6)
     assert padded.shape == (6, 6) and padded[4:].sum() == 0 and padded[:, 4:].sum() == 0
     assert np.array_equal(padded[:4, :4], skm.confusion_matrix(y, pred))
-
-
-def test_accuracy_accepts_bools_and_integral_floats():
-    assert ev.accuracy([True, False, True], [1, 1, 1]) == pytest.approx(2 / 3)
-    assert ev.accuracy([0.0, 2.0], [0, 1]) == 0.5
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -153,11 +146,11 @@ def test_mcnemar_by_hand_and_method_choice():
 
 def test_bootstrap_ci_contains_estimate_and_is_seeded():
     y, pred = noisy_labels(0, n=500, k=3, right=0.7)
-    ci = ev.bootstrap_ci(ev.accuracy, y, pred, seed=3)
+    ci = ev.bootstrap_ci(skm.accuracy_score, y, pred, seed=3)
     assert ci["low"] <= ci["estimate"] <= ci["high"]
-    assert ci["estimate"] == ev.accuracy(y, pred)
-    assert ev.bootstrap_ci(ev.accuracy, y, pred, seed=3) == ci
-    assert ev.bootstrap_ci(ev.accuracy, y, pred, seed=4) != ci
+    assert ci["estimate"] == skm.accuracy_score(y, pred)
+    assert ev.bootstrap_ci(skm.accuracy_score, y, pred, seed=3) == ci
+    assert ev.bootstrap_ci(skm.accuracy_score, y, pred, seed=4) != ci
     p, n = ci["estimate"], len(y)
     se = math.sqrt(p * (1 - p) / n)
     assert ci["high"] - ci["low"] == pytest.approx(2 * 1.96 * se, rel=0.2)
@@ -166,7 +159,7 @@ def test_bootstrap_ci_contains_estimate_and_is_seeded():
 
 def test_bootstrap_resamples_all_arrays_with_the_same_indices():
     y, _ = noisy_labels(1, n=100)
-    ci = ev.bootstrap_ci(ev.accuracy, y, y.copy(), n_resamples=50)
+    ci = ev.bootstrap_ci(skm.accuracy_score, y, y.copy(), n_resamples=50)
     assert ci["low"] == ci["high"] == 1.0
 
 
@@ -175,12 +168,12 @@ def test_paired_bootstrap():
     y = rng.integers(0, 3, 300)
     good = np.where(rng.random(300) < 0.9, y, (y + 1) % 3)
     poor = np.where(rng.random(300) < 0.5, y, (y + 1) % 3)
-    better = ev.paired_bootstrap(ev.accuracy, y, good, poor, n_resamples=300)
-    assert better["delta"] == pytest.approx(ev.accuracy(y, good) - ev.accuracy(y, poor))
+    better = ev.paired_bootstrap(skm.accuracy_score, y, good, poor, n_resamples=300)
+    assert better["delta"] == pytest.approx(skm.accuracy_score(y, good) - skm.accuracy_score(y, poor))
     assert better["delta"] > 0.2 and better["low"] > 0 and better["p_value"] == 0.0
-    worse = ev.paired_bootstrap(ev.accuracy, y, poor, good, n_resamples=300)
+    worse = ev.paired_bootstrap(skm.accuracy_score, y, poor, good, n_resamples=300)
     assert worse["delta"] == pytest.approx(-better["delta"]) and worse["high"] < 0
-    same = ev.paired_bootstrap(ev.accuracy, y, good, good.copy(), n_resamples=100)
+    same = ev.paired_bootstrap(skm.accuracy_score, y, good, good.copy(), n_resamples=100)
     assert same == {"delta": 0.0, "low": 0.0, "high": 0.0, "p_value": 1.0}
 
 
@@ -273,7 +266,7 @@ def test_fit_temperature_recovers_a_known_temperature(true_temperature):
     t = ev.fit_temperature(torch.as_tensor(z, dtype=torch.float32), y)
     assert t == pytest.approx(true_temperature, rel=0.1)
     before, after = ev.softmax(z), ev.softmax(z, t)
-    assert ev.accuracy(y, after.argmax(1)) == ev.accuracy(y, before.argmax(1))
+    assert skm.accuracy_score(y, after.argmax(1)) == skm.accuracy_score(y, before.argmax(1))
     nll = ev.log_loss(after, y)
     assert nll < ev.log_loss(before, y)
     assert nll <= ev.log_loss(ev.softmax(z, t * 1.05), y)  # t is the minimum
@@ -547,51 +540,6 @@ def test_rouge_l_by_hand():
     assert ev.rouge_l("a x b y", "a b") == pytest.approx(2 / 3)
     # ... and an LCS with gaps counts the words in order only
     assert ev.rouge_l("b a", "a b") == pytest.approx(0.5)
-
-
-# ---------------------------------------------------------------------------- entity F1
-
-TAGS = ["O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"]
-
-
-def seqeval_prf(true_tags, pred_tags):
-    return [f(true_tags, pred_tags, zero_division=0) for f in
-            (seqeval_metrics.precision_score, seqeval_metrics.recall_score,
-             seqeval_metrics.f1_score)]
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_entity_prf_matches_seqeval_on_random_tags(seed):
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(1, 12, 8)
-    true_tags = [list(rng.choice(TAGS, n)) for n in lengths]
-    pred_tags = [[t if rng.random() < 0.6 else str(rng.choice(TAGS)) for t in s]
-                 for s in true_tags]
-    result = ev.entity_prf(true_tags, pred_tags)
-    expected = seqeval_prf(true_tags, pred_tags)
-    assert [result["precision"], result["recall"], result["f1"]] == pytest.approx(expected,
-                                                                                  abs=1e-9)
-
-
-@pytest.mark.parametrize(("true_tags", "pred_tags"), [
-    ([["O", "I-PER"]], [["O", "B-PER"]]),  # a stray I- starts an entity
-    ([["B-LOC", "I-PER"]], [["B-LOC", "B-PER"]]),  # a type change ends one, starts another
-    ([["B-PER", "B-PER"]], [["B-PER", "I-PER"]]),  # two adjacent entities, not one
-    ([["I-ORG", "I-ORG", "O"]], [["B-ORG", "I-ORG", "O"]]),
-    ([["O", "O"]], [["B-PER", "O"]]),  # nothing to find, one false positive
-    ([["B-PER", "O"]], [["O", "O"]]),
-])
-def test_entity_prf_ill_formed_sequences(true_tags, pred_tags):
-    result = ev.entity_prf(true_tags, pred_tags)
-    assert [result["precision"], result["recall"], result["f1"]] == pytest.approx(
-        seqeval_prf(true_tags, pred_tags), abs=1e-12)
-
-
-def test_entity_prf_perfect_and_by_hand():
-    tags = [["B-PER", "I-PER", "O", "B-LOC"]]
-    assert ev.entity_prf(tags, tags) == {"precision": 1.0, "recall": 1.0, "f1": 1.0}
-    result = ev.entity_prf(tags, [["B-PER", "O", "O", "B-LOC"]])  # PER boundary wrong
-    assert result == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5})
 
 
 # ---------------------------------------------------------------------------- bias probes
@@ -1116,29 +1064,26 @@ NAN = float("nan")
 
 @pytest.mark.parametrize(("call", "error", "match"), [
     # length mismatches
-    (lambda: ev.accuracy([0, 1], [0]), ValueError, "one prediction per example"),
+    (lambda: ev.confusion_matrix([0, 1], [0]), ValueError, "one prediction per example"),
     (lambda: ev.confusion_matrix([0, 1, 1], [0, 1]), ValueError, "y_true has 3 entries"),
     (lambda: ev.macro_f1([0], [0, 1]), ValueError, "y_pred has 2"),
     (lambda: ev.cohen_kappa([0, 1], [1]), ValueError, "a has 2 entries but b has 1"),
     (lambda: ev.mcnemar([0, 1], [0, 1], [0]), ValueError, "pred_b has 1"),
-    (lambda: ev.paired_bootstrap(ev.accuracy, [0, 1], [0], [0, 1]), ValueError, "pred_a has 1"),
-    (lambda: ev.bootstrap_ci(ev.accuracy, [0, 1], [0]), ValueError, "equally long"),
+    (lambda: ev.paired_bootstrap(skm.accuracy_score, [0, 1], [0], [0, 1]), ValueError, "pred_a has 1"),
+    (lambda: ev.bootstrap_ci(skm.accuracy_score, [0, 1], [0]), ValueError, "equally long"),
     (lambda: ev.log_loss(GOOD_PROBS, [0, 1, 1]), ValueError, "one row per example"),
     (lambda: ev.fit_temperature([[1.0, 2.0]], [0, 1]), ValueError, r"shape \(2, classes\)"),
     (lambda: ev.bleu(["a"], ["a", "b"]), ValueError, "one reference per prediction"),
     (lambda: ev.chrf(["a", "b"], ["a"]), ValueError, "one reference per prediction"),
-    (lambda: ev.entity_prf([["O"]], [["O"], ["O"]]), ValueError, "equally long"),
-    (lambda: ev.entity_prf([["O", "O"]], [["O"]]), ValueError, "sentence 0: 2 true tags"),
     # empty inputs
-    (lambda: ev.accuracy([], []), ValueError, "y_true is empty"),
+    (lambda: ev.confusion_matrix([], []), ValueError, "y_true is empty"),
     (lambda: ev.per_class_report([], []), ValueError, "is empty"),
     (lambda: ev.log_loss(np.zeros((0, 2)), []), ValueError, "is empty"),
     (lambda: ev.expected_calibration_error(np.zeros((0, 2)), [0]), ValueError, "examples > 0"),
-    (lambda: ev.bootstrap_ci(ev.accuracy, [], []), ValueError, "non-empty"),
-    (lambda: ev.bootstrap_ci(ev.accuracy), ValueError, "pass the per-example arrays"),
+    (lambda: ev.bootstrap_ci(skm.accuracy_score, [], []), ValueError, "non-empty"),
+    (lambda: ev.bootstrap_ci(skm.accuracy_score), ValueError, "pass the per-example arrays"),
     (lambda: ev.bleu([], []), ValueError, "predictions is empty"),
     (lambda: ev.chrf([], []), ValueError, "predictions is empty"),
-    (lambda: ev.entity_prf([], []), ValueError, "no sentences"),
     (lambda: ev.softmax(np.zeros((0, 3))), ValueError, "examples > 0"),
     (lambda: ev.robustness_curve(len, [], [], [0.1]), ValueError, "texts is empty"),
     # probabilities that are not distributions
@@ -1152,20 +1097,19 @@ NAN = float("nan")
     (lambda: ev.log_loss([[1.0]], [0]), ValueError, "classes >= 2"),
     (lambda: ev.log_loss(GOOD_PROBS, [0, 2]), ValueError, "only 2 columns"),
     # 2-D labels, strings, NaN, wrong types
-    (lambda: ev.accuracy([[0, 1]], [[0, 1]]), ValueError, r"1-D .*argmax\(-1\)"),
+    (lambda: ev.confusion_matrix([[0, 1]], [[0, 1]]), ValueError, r"1-D .*argmax\(-1\)"),
     (lambda: ev.log_loss(GOOD_PROBS, np.array(GOOD_PROBS)), ValueError, "1-D"),
-    (lambda: ev.accuracy("01", [0, 1]), TypeError, "not a string"),
+    (lambda: ev.confusion_matrix("01", [0, 1]), TypeError, "not a string"),
     (lambda: ev.cohen_kappa(["yes", "no"], [0, 1]), TypeError, "integer class ids"),
-    (lambda: ev.accuracy([0, NAN], [0, 1]), TypeError, "integer class ids"),
-    (lambda: ev.accuracy([0, 1.5], [0, 1]), TypeError, "integer class ids"),
-    (lambda: ev.accuracy([0, -1], [0, 1]), ValueError, "negative class ids"),
+    (lambda: ev.confusion_matrix([0, NAN], [0, 1]), TypeError, "integer class ids"),
+    (lambda: ev.confusion_matrix([0, 1.5], [0, 1]), TypeError, "integer class ids"),
+    (lambda: ev.confusion_matrix([0, -1], [0, 1]), ValueError, "negative class ids"),
     (lambda: ev.log_loss([[NAN, 0.5], [0.5, 0.5]], [0, 1]), ValueError, "NaN or inf"),
     (lambda: ev.softmax([[NAN, 0.0]]), ValueError, "NaN or inf"),
     (lambda: ev.fit_temperature([[np.inf, 0.0]], [0]), ValueError, "NaN or inf"),
     (lambda: ev.bleu("a cat", "a cat"), TypeError, "list of strings"),
     (lambda: ev.chrf(["a"], [None]), TypeError, r"references\[0\] is a NoneType"),
     (lambda: ev.rouge_l("a", 3), TypeError, "not a string"),
-    (lambda: ev.entity_prf("O", "O"), ValueError, "lists of tag lists"),
     (lambda: ev.counterfactual_table(len, "he runs", {"x": ["she runs"]}), TypeError,
      "originals must be a list"),
     # other bad arguments
@@ -1173,10 +1117,10 @@ NAN = float("nan")
     (lambda: ev.bleu(["a"], ["a"], smooth="add-k"), ValueError, "smooth must be 'exp' or 'none'"),
     (lambda: ev.softmax([[1.0, 2.0]], temperature=0), ValueError, "temperature must be"),
     (lambda: ev.reliability_table(GOOD_PROBS, [0, 1], n_bins=0), ValueError, "n_bins"),
-    (lambda: ev.bootstrap_ci(ev.accuracy, [0], [0], n_resamples=5), ValueError, "n_resamples"),
-    (lambda: ev.bootstrap_ci(ev.accuracy, [0], [0], confidence=95), ValueError, "such as 0.95"),
+    (lambda: ev.bootstrap_ci(skm.accuracy_score, [0], [0], n_resamples=5), ValueError, "n_resamples"),
+    (lambda: ev.bootstrap_ci(skm.accuracy_score, [0], [0], confidence=95), ValueError, "such as 0.95"),
     (lambda: ev.bootstrap_ci("accuracy", [0], [0]), TypeError, "metric must be a function"),
-    (lambda: ev.paired_bootstrap(ev.accuracy, [0], [0], [0], n_resamples=True), ValueError,
+    (lambda: ev.paired_bootstrap(skm.accuracy_score, [0], [0], [0], n_resamples=True), ValueError,
      "n_resamples"),
 ])
 def test_bad_inputs_are_rejected_with_a_clear_message(call, error, match):

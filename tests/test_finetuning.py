@@ -27,9 +27,9 @@ def tiny_encoder(seed: int = 0, vocab_size: int = 30522) -> BertModel:
     return BertModel(config, add_pooling_layer=False)
 
 
-def tiny_classifier(seed: int = 0, **kwargs) -> ft.SequenceClassifier:
+def tiny_classifier(seed: int = 0, num_labels: int = 3, **kwargs) -> ft.SequenceClassifier:
     kwargs.setdefault("dropout", 0.0)
-    model = ft.SequenceClassifier(tiny_encoder(seed), num_labels=3, **kwargs)
+    model = ft.SequenceClassifier(tiny_encoder(seed), num_labels=num_labels, **kwargs)
     torch.manual_seed(seed)
     model.head.reset_parameters()
     return model
@@ -449,6 +449,20 @@ def test_head_from_probe_reproduces_the_probe_predictions(tokenizer):
     assert np.allclose(logits.numpy(), expected, atol=1e-3)
     with pytest.raises(ValueError, match="same classes"):
         ft.head_from_probe(model, ft.linear_probe().fit(emb, [0, 1] * 6))
+
+
+def test_head_from_probe_works_for_two_classes(tokenizer):
+    # scikit-learn's binary logistic regression has one row of weights; the head has two
+    model = tiny_classifier(num_labels=2).eval()
+    texts = TEXTS * 2
+    ys = [0, 1, 1, 0, 1, 0] * 2
+    emb = ft.embed_texts(model.encoder, tokenizer, texts, 12)
+    probe = ft.linear_probe(C=10.0).fit(emb, ys)
+    ft.head_from_probe(model, probe)
+    logits = ft.predict_logits(model, ft.encode(tokenizer, texts, 12))
+    probs = torch.softmax(logits.double(), -1).numpy()
+    assert np.allclose(probs, probe.predict_proba(emb), atol=1e-4)
+    assert (logits.argmax(-1).numpy() == probe.predict(emb)).all()
 
 
 def test_head_from_probe_ignores_constant_features():

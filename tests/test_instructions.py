@@ -9,13 +9,14 @@ from collections import Counter
 
 import pytest
 import torch
-from chat_models import tiny_llama, word_chat_tokenizer
+from chat_models import SFT_RECORDS, SFT_WORDS, tiny_llama, word_chat_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from llm_tutorial import chat
 from llm_tutorial import instructions as ins
 from llm_tutorial import peft_methods as pm
-from llm_tutorial.instructions import Record
+from llm_tutorial.chat import Record
 
 
 def test_there_are_at_least_forty_families_with_five_templates_each():
@@ -144,200 +145,30 @@ def test_unknown_family_lists_the_known_ones():
         ins.take(1, [])
 
 
-def test_records_from_dicts_and_vendored_set():
+def test_the_vendored_set_loads_as_records():
     records = ins.load_vendored_records()
     assert len(records) == 1100 and all(r.family == "alpaca" for r in records)
-    with pytest.raises(KeyError, match="record 1 lacks \\['output'\\]"):
-        ins.records_from_dicts([{"instruction": "a", "output": "b"}, {"instruction": "c"}])
-    with pytest.raises(TypeError, match="record 0: output must be a string, got int"):
-        ins.records_from_dicts([{"instruction": "a", "output": 3}])
-    with pytest.raises(TypeError, match="record 0 is a str"):
-        ins.records_from_dicts(["x"])
 
 
-def test_render_alpaca_and_chat():
-    record = Record("Add the numbers.", "2 + 3", "5")
-    text = ins.render_alpaca(record)
-    assert "### Instruction:\nAdd the numbers." in text and "### Input:\n2 + 3" in text
-    assert text.endswith("### Response:\n5") and ins.render_alpaca(record, False).endswith("### Response:\n")
-
-    class Tok:
-        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
-            return json.dumps([messages, add_generation_prompt])
-
-    messages, gen = json.loads(ins.render_chat(Tok(), record, with_answer=False))
-    assert messages == [{"role": "user", "content": "Add the numbers.\n\n2 + 3"}] and gen is True
-    messages, gen = json.loads(ins.render_chat(Tok(), record))
-    assert messages[-1] == {"role": "assistant", "content": "5"} and gen is False
-
-
-# ------------------------------------------------------------------------------ SFT collation
-# A word-level chat tokenizer and a tiny random Llama: fast, offline, and enough to check the
-# token bookkeeping and that packing computes exactly what padding computes.
-
-WORDS = ("system user assistant what is the capital of france paris say hi hello name a colour "
-         "red blue green translate cat dog into french chat chien count words in this text "
-         "one two three four five six seven eight nine ten").split()
-SFT_RECORDS = [Record("what is the capital of france", "", "paris"),
-               Record("translate cat into french", "cat", "chat"),
-               Record("name a colour", "", "red or blue"),
-               Record("say hi", "", "hello hello hello"),
-               Record("count words in this text", "one two three", "three"),
-               Record("translate dog into french", "", "chien")]
+# ------------------------------------------------------------------------------ packing, tuning
+# A word-level chat tokenizer and a tiny random Llama (`chat_models.py`): fast and offline.
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return word_chat_tokenizer(WORDS)
-
-
-def _ids(tok, text):
-    return tok(text, add_special_tokens=False)["input_ids"]
-
-
-def test_encode_sft_masks_the_prompt_and_ends_with_end_of_turn(tok):
-    examples = ins.encode_sft(tok, SFT_RECORDS)
-    for record, example in zip(SFT_RECORDS, examples, strict=True):
-        prompt = _ids(tok, ins.render_chat(tok, record, with_answer=False))
-        assert list(example.input_ids) == _ids(tok, ins.render_chat(tok, record))
-        assert list(example.labels[:len(prompt)]) == [-100] * len(prompt)
-        answer = list(example.labels[len(prompt):])
-        assert answer == list(example.input_ids[len(prompt):]) and -100 not in answer
-        assert tok.decode(answer).startswith(record.output.replace("or", "<unk>"))
-        assert tok.convert_ids_to_tokens(answer).count("<|im_end|>") == 1
-        assert not example.truncated and len(example) == len(example.input_ids)
-    unmasked = ins.encode_sft(tok, SFT_RECORDS, mask_prompt=False)
-    for masked, full in zip(examples, unmasked, strict=True):
-        assert full.input_ids == masked.input_ids
-        assert full.labels[0] == -100 and full.labels[1:] == full.input_ids[1:]
-
-
-def test_encode_sft_alpaca_format_and_dict_records(tok):
-    [example] = ins.encode_sft(tok, [{"instruction": "say hi", "output": "hello"}], fmt="alpaca")
-    text = tok.decode(example.input_ids)
-    assert text.endswith("hello <|im_end|>")
-    n_answer = sum(label != -100 for label in example.labels)
-    assert n_answer == 2  # "hello" and the end-of-sequence token
-
-
-def test_long_inputs_are_cut_from_the_left_never_the_answer(tok):
-    record = Record("count words in this text", " ".join(["one", "two"] * 40) + " ten",
-                    "eight nine ten")
-    with pytest.warns(UserWarning, match=r"1 of 2 records were longer than max_length=40.*"
-                                         r"\(records \[1\]\)"):
-        short, cut = ins.encode_sft(tok, [SFT_RECORDS[0], record], max_length=40)
-    assert not short.truncated and cut.truncated and len(cut) <= 40
-    text = tok.decode(cut.input_ids)
-    assert "count words in this text" in text  # the instruction is whole, the input's end kept
-    assert text.endswith("two ten <|im_end|> <|im_start|> assistant eight nine ten <|im_end|>")
-    assert sum(label != -100 for label in cut.labels) == 4  # the whole answer and end of turn
-    only_without_input = Record("say hi", "one two three four five", " ".join(["hello"] * 32))
-    with pytest.warns(UserWarning, match="cut from the left"):
-        [fits] = ins.encode_sft(tok, [only_without_input], max_length=40)
-    assert fits.truncated and len(fits) == 40  # the whole input had to go
-    assert not {"one", "two", "three", "four", "five"} & set(tok.decode(fits.input_ids).split())
-    too_long = Record("say hi", "", " ".join(["hello"] * 60))
-    with pytest.raises(ValueError, match="record 1: its instruction and answer alone"):
-        ins.encode_sft(tok, [SFT_RECORDS[0], too_long], max_length=40)
-
-
-def test_encode_sft_rejects_bad_arguments(tok):
-    with pytest.raises(ValueError, match="records is empty"):
-        ins.encode_sft(tok, [])
-    with pytest.raises(TypeError, match="list of Records"):
-        ins.encode_sft(tok, SFT_RECORDS[0])
-    with pytest.raises(TypeError, match="all be Records or all dicts"):
-        ins.encode_sft(tok, [SFT_RECORDS[0], {"instruction": "a", "output": "b"}])
-    with pytest.raises(KeyError, match="record 0 lacks \\['output'\\]"):
-        ins.encode_sft(tok, [{"instruction": "a"}])
-    with pytest.raises(ValueError, match="max_length"):
-        ins.encode_sft(tok, SFT_RECORDS, max_length=1)
-    with pytest.raises(ValueError, match="fmt must be"):
-        ins.encode_sft(tok, SFT_RECORDS, fmt="llama")
-
-
-def test_pad_and_pack_lay_out_the_same_tokens(tok):
-    examples = ins.encode_sft(tok, SFT_RECORDS)
-    padded = ins.pad(examples, tok.pad_token_id)
-    longest = max(len(e) for e in examples)
-    assert padded["input_ids"].shape == (6, longest)
-    assert padded["attention_mask"].sum() == sum(len(e) for e in examples)
-    assert (padded["labels"][padded["attention_mask"] == 0] == -100).all()
-
-    packed = ins.pack(examples, 2 * longest, tok.pad_token_id)
-    assert "attention_mask" not in packed and packed["input_ids"].shape[1] == 2 * longest
-    real = packed["input_ids"] != tok.pad_token_id
-    assert packed["input_ids"][real].tolist() == [i for e in examples for i in e.input_ids]
-    # in order, none split or lost, and each example's positions count from 0
-    assert packed["position_ids"][real].tolist() == [p for e in examples for p in range(len(e))]
-    assert ins.batch_stats([padded])["real"] == ins.batch_stats([packed])["real"]
-    assert ins.batch_stats([padded])["loss"] == ins.batch_stats([packed])["loss"]
-    assert ins.batch_stats([packed])["examples"] == 6
-    with pytest.raises(ValueError, match="longest example"):
-        ins.pack(examples, longest - 1, tok.pad_token_id)
-    with pytest.raises(TypeError, match="Examples"):
-        ins.pad([{"input_ids": [1]}], 0)
+    return word_chat_tokenizer(SFT_WORDS)
 
 
 def test_pack_makes_as_many_rows_as_the_exercise_says():
     from llm_tutorial.exercises import ch07
 
-    examples = [ins.Example(tuple(range(1, n + 1)), (-100,) + tuple(range(2, n + 1)))
+    examples = [chat.Example(tuple(range(1, n + 1)), (-100,) + tuple(range(2, n + 1)))
                 for n in ch07.PACK_LENGTHS]
-    rows = ins.pack(examples, ch07.PACK_ROW, 0)["input_ids"].shape[0]
+    rows = chat.pack(examples, ch07.PACK_ROW, 0)["input_ids"].shape[0]
     assert rows == ch07.pack_rows_solution() == 5
 
 
-def test_packing_gives_the_padded_loss(tok):
-    """The block-diagonal mask from restarting position_ids: packed examples cannot see each
-    other, so the loss over the same examples is the same as with padding."""
-    model = tiny_llama(tok).eval()
-    wrapper = pm.AnswerOnlyLM(model)
-    for mask_prompt in (True, False):
-        examples = ins.encode_sft(tok, SFT_RECORDS, mask_prompt=mask_prompt)
-        with torch.no_grad():
-            padded = wrapper(**ins.pad(examples, tok.pad_token_id)).loss
-            packed = wrapper(**ins.pack(examples, 64, tok.pad_token_id)).loss
-        assert torch.allclose(padded, packed, atol=1e-5), (padded, packed)
-    # without the restart (one long sequence) the examples would attend to each other
-    batch = ins.pack(examples, 64, tok.pad_token_id)
-    batch["position_ids"] = torch.arange(64).expand_as(batch["position_ids"])
-    with torch.no_grad():
-        assert not torch.allclose(wrapper(**batch).loss, padded, atol=1e-4)
-
-
-def test_sft_batches_cover_every_example_once(tok):
-    examples = ins.encode_sft(tok, SFT_RECORDS * 3)
-    for packing in (False, True):
-        batches = ins.sft_batches(examples, 4, tok.pad_token_id, packing=packing, length=64, seed=1)
-        assert ins.batch_stats(batches)["examples"] == 18
-        assert all(len(b["input_ids"]) <= 4 for b in batches)
-        again = ins.sft_batches(examples, 4, tok.pad_token_id, packing=packing, length=64, seed=1)
-        assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again, strict=True))
-    with pytest.raises(ValueError, match="batch_size"):
-        ins.sft_batches(examples, 0, tok.pad_token_id)
-
-
 # ------------------------------------------------------------------------------ answering, scoring
-
-
-def test_answer_keeps_order_and_sampling_is_seeded(tok):
-    model = tiny_llama(tok)
-    records = [SFT_RECORDS[4], SFT_RECORDS[0], SFT_RECORDS[3]]  # different prompt lengths
-    batched = ins.answer(model, tok, records, max_new_tokens=4, batch_size=2)
-    assert batched == [ins.answer(model, tok, [r], max_new_tokens=4)[0] for r in records]
-    sampled = ins.answer(model, tok, records, 4, do_sample=True, temperature=1.5, seed=3)
-    assert sampled == ins.answer(model, tok, records, 4, do_sample=True, temperature=1.5, seed=3)
-    assert model.training  # left as it was found
-
-
-@pytest.mark.parametrize("options, match", [
-    ({"temperature": 0}, "temperature must be > 0"), ({"top_k": 0}, "top_k"),
-    ({"top_p": 1.5}, "top_p"), ({"repetition_penalty": -1}, "repetition_penalty"),
-    ({"do_sample": "yes"}, "do_sample"), ({"max_new_tokens": 0}, "max_new_tokens")])
-def test_answer_rejects_bad_decoding_options(tok, options, match):
-    with pytest.raises((ValueError, TypeError), match=match):
-        ins.answer(None, tok, SFT_RECORDS[:1], **options)
 
 
 def test_score_applies_each_verifier():
@@ -393,7 +224,7 @@ def test_evaluate_splits_scores_each_split_as_one_pass_would(tok):
     splits = {"a": SFT_RECORDS[:2], "b": SFT_RECORDS[2:5]}
     tables = ins.evaluate_splits(model, tok, splits, max_new_tokens=3, batch_size=2)
     assert list(tables) == ["a", "b"] and [len(t) for t in tables.values()] == [2, 3]
-    together = ins.exact_match(model, tok, SFT_RECORDS[:5], 3, batch_size=2)
+    together = ins.answer_and_score(model, tok, SFT_RECORDS[:5], 3, batch_size=2)
     assert tables["b"]["prediction"].tolist() == together["prediction"].tolist()[2:]
     assert tables["b"].index.tolist() == [0, 1, 2] and set(tables["a"]["split"]) == {"a"}
     with pytest.raises(ValueError, match=r"splits \['b'\] have no records"):
@@ -402,28 +233,12 @@ def test_evaluate_splits_scores_each_split_as_one_pass_would(tok):
         ins.evaluate_splits(model, tok, SFT_RECORDS)
 
 
-def test_answer_nll_is_the_answer_only_loss_per_record_and_overall(tok):
-    model = tiny_llama(tok)
-    examples = ins.encode_sft(tok, SFT_RECORDS)
-    whole = pm.answer_nll(model, ins.pad(examples, tok.pad_token_id))
-    assert ins.answer_nll(model, tok, SFT_RECORDS, batch_size=4) == pytest.approx(whole, rel=1e-5)
-    pairs = ins.answer_nll(model, tok, SFT_RECORDS, batch_size=4, by_record=True)
-    assert [n for _, n in pairs] == [sum(y != -100 for y in e.labels[1:]) for e in examples]
-    for (value, _), example in zip(pairs, examples, strict=True):  # each record on its own
-        alone = pm.answer_nll(model, ins.pad([example], tok.pad_token_id))
-        assert value == pytest.approx(alone, rel=1e-5)
-    total = sum(value * n for value, n in pairs) / sum(n for _, n in pairs)
-    assert total == pytest.approx(whole, rel=1e-5)
-    with pytest.raises(ValueError, match="batch_size"):
-        ins.answer_nll(model, tok, SFT_RECORDS, batch_size=0)
-
-
 def test_answers_and_nll_in_one_pass_match_the_two_passes(tok):
     model = tiny_llama(tok)
     records = SFT_RECORDS * 2  # prompts of several lengths, sharing the chat template's start
     answers, pairs = ins.answers_and_nll(model, tok, records, max_new_tokens=4, batch_size=5)
-    assert answers == ins.answer(model, tok, records, 4, batch_size=5)
-    expected = ins.answer_nll(model, tok, records, batch_size=5, by_record=True)
+    assert answers == chat.answer(model, tok, records, 4, batch_size=5)
+    expected = chat.answer_nll(model, tok, records, batch_size=5, by_record=True)
     assert [n for _, n in pairs] == [n for _, n in expected]
     assert [v for v, _ in pairs] == pytest.approx([v for v, _ in expected], rel=1e-5)
     tables = ins.evaluate_splits(model, tok, {"a": records[:5], "b": records[5:]}, 4, batch_size=5,
@@ -473,7 +288,7 @@ def test_split_summary_reads_exact_match_majority_and_nll(tok):
     assert summary.index.tolist() == ["a", "b"] and summary["records"].tolist() == [2, 3]
     for name, records in splits.items():
         assert summary.loc[name, "answer NLL"] == pytest.approx(
-            ins.answer_nll(model, tok, records), rel=1e-5)
+            chat.answer_nll(model, tok, records), rel=1e-5)
         assert summary.loc[name, "exact match"] == tables[name]["correct"].mean()
         assert summary.loc[name, "majority answer"] == ins.majority_answer_accuracy(records)
     by_family = ins.split_summary(tables, by="family")
@@ -487,7 +302,7 @@ def test_split_summary_reads_exact_match_majority_and_nll(tok):
 
 
 def test_sft_mixture_shares_and_seeds():
-    open_records = ins.records_from_dicts([{"instruction": f"Say {i}.", "output": str(i)}
+    open_records = chat.records_from_dicts([{"instruction": f"Say {i}.", "output": str(i)}
                                            for i in range(50)])
     train, _ = ins.split_families(8, seed=0)
     mix = ins.sft_mixture(train, 40, open_records, open_share=0.25, seed=3)
@@ -506,21 +321,13 @@ def test_sft_mixture_shares_and_seeds():
         ins.sft_mixture(train, 0, open_records)
 
 
-def test_rouge_l():
-    assert ins.rouge_l(["the cat sat"], ["the cat sat"]) == [1.0]
-    assert ins.rouge_l(["dogs run"], ["the cat sat"]) == [0.0]
-    assert 0 < ins.rouge_l(["the cat sat down"], ["a cat sat"])[0] < 1
-    with pytest.raises(ValueError, match="1 predictions but 2 references"):
-        ins.rouge_l(["a"], ["a", "b"])
-
-
 # ------------------------------------------------------------------------------ tuning
 
 
 def test_tune_trains_a_removable_lora(tok):
     model = tiny_llama(tok)
-    wrapper = pm.AnswerOnlyLM(model)
-    batch = ins.pad(ins.encode_sft(tok, SFT_RECORDS), tok.pad_token_id)
+    wrapper = chat.AnswerOnlyLM(model)
+    batch = chat.pad(chat.encode_sft(tok, SFT_RECORDS), tok.pad_token_id)
     with torch.no_grad():
         base_loss = wrapper(**batch).loss.item()
     history = ins.tune(model, tok, SFT_RECORDS * 4, steps=30, batch_size=2, lr=5e-2,

@@ -296,7 +296,7 @@ def random_inputs(batch=5, patches=4, patch_dim=6, image_dim=7, tokens=3, token_
 def make_head(strategy, **kwargs):
     torch.manual_seed(0)
     options = dict(patch_dim=6, image_dim=7, token_dim=8, text_dim=8, n_patches=4, hidden=16)
-    return mm.FusionHead(strategy, **{**options, **kwargs})
+    return mm.fusion_head(strategy, **{**options, **kwargs})
 
 
 @pytest.mark.parametrize("strategy", mm.STRATEGIES)
@@ -335,11 +335,16 @@ def test_cross_attention_weights():
     assert torch.allclose(weights.sum(-1), torch.ones(5, 3), atol=1e-5)
 
 
+def test_one_class_per_strategy_in_the_registry():
+    assert tuple(mm.FUSIONS) == mm.STRATEGIES
+    for name, cls in mm.FUSIONS.items():
+        head = make_head(name)
+        assert type(head) is cls and isinstance(head, mm.FusionHead) and head.strategy == name
+
+
 def test_fusion_head_bad_arguments():
     with pytest.raises(ValueError, match="unknown strategy 'sum'; choose one of image_only"):
         make_head("sum")
-    with pytest.raises(ValueError, match="hidden must be a positive int"):
-        make_head("concat", hidden=0)
     with pytest.raises(ValueError, match="divisible by heads"):
         make_head("cross_attention", hidden=18)
 

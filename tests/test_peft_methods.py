@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from chat_models import tiny_llama, word_chat_tokenizer
 from torch import nn
 from transformers import (
     BertConfig,
@@ -194,7 +193,7 @@ def test_inject_lora_keeps_outputs_and_trains_only_a_and_b():
     model = tiny_bert()
     inputs = bert_inputs()
     before = hidden(model, inputs)
-    total = pm.count_parameters(model)["total"]
+    total = pm.parameter_counts(model)["total"]
     pm.freeze(model)
     names = pm.inject_lora(model, ["query", "value"], r=4, alpha=8)
     assert names == pm.find_modules(tiny_bert(), ["query", "value"])
@@ -205,7 +204,7 @@ def test_inject_lora_keeps_outputs_and_trains_only_a_and_b():
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.endswith(("lora_A", "lora_B")) for n in trainable)
     expected = len(names) * 4 * (HIDDEN + HIDDEN)  # r * (in + out) per module
-    assert pm.count_parameters(model) == {"trainable": expected, "total": total + expected}
+    assert pm.parameter_counts(model) == {"trainable": expected, "total": total + expected}
 
 
 def test_inject_lora_checks_rank_before_touching_the_model():
@@ -217,7 +216,7 @@ def test_inject_lora_checks_rank_before_touching_the_model():
 
 
 def test_merge_lora_restores_the_architecture_with_the_same_outputs():
-    original_total = pm.count_parameters(tiny_bert())["total"]
+    original_total = pm.parameter_counts(tiny_bert())["total"]
     model = lora_bert()
     randomise_lora_b(model)
     inputs = bert_inputs()
@@ -229,7 +228,7 @@ def test_merge_lora_restores_the_architecture_with_the_same_outputs():
     query = model.encoder.layer[1].attention.self.query
     assert type(query) is nn.Linear
     assert torch.allclose(hidden(model, inputs), adapted, atol=1e-5)
-    assert pm.count_parameters(model) == {"trainable": 0, "total": original_total}
+    assert pm.parameter_counts(model) == {"trainable": 0, "total": original_total}
     with pytest.raises(ValueError, match="no LoRALinear"):
         pm.merge_lora(model)
 
@@ -283,7 +282,7 @@ def test_copy_lora_into_peft_rejects_mismatches():
 ])
 def test_peft_wrap_methods_run_a_forward_pass(method, kwargs):
     model = pm.peft_wrap(tiny_bert(), method, **kwargs).eval()
-    counts = pm.count_parameters(model)
+    counts = pm.parameter_counts(model)
     assert 0 < counts["trainable"] < counts["total"]
     inputs = bert_inputs()
     assert hidden(model, inputs).shape == (3, 8, HIDDEN)
@@ -331,7 +330,7 @@ def test_inject_adapters(style, per_layer):
     assert all(isinstance(model.get_submodule(n), pm.AdaptedLinear) for n in names)
     assert torch.allclose(hidden(model, inputs), before)
     per_adapter = 2 * HIDDEN * 4 + 4 + HIDDEN
-    assert pm.count_parameters(model)["trainable"] == len(names) * per_adapter
+    assert pm.parameter_counts(model)["trainable"] == len(names) * per_adapter
 
 
 def test_inject_adapters_with_a_bad_bottleneck_leaves_the_model_untouched():
@@ -348,9 +347,9 @@ def test_count_parameters_counts_shared_tensors_once():
     linear = nn.Linear(4, 3)
     linear.weight.requires_grad_(False)
     shared = nn.Sequential(linear, linear)
-    assert pm.count_parameters(shared) == {"trainable": 3, "total": 15}
-    assert pm.count_parameters(pm.unfreeze(shared)) == {"trainable": 15, "total": 15}
-    assert pm.count_parameters(pm.freeze(shared)) == {"trainable": 0, "total": 15}
+    assert pm.parameter_counts(shared) == {"trainable": 3, "total": 15}
+    assert pm.parameter_counts(pm.unfreeze(shared)) == {"trainable": 15, "total": 15}
+    assert pm.parameter_counts(pm.freeze(shared)) == {"trainable": 0, "total": 15}
 
 
 def test_trainable_by_location():
@@ -367,7 +366,7 @@ def test_trainable_by_location():
         "LayerNorm": 2 * HIDDEN,
     }
     unfrozen = pm.trainable_by_location(pm.unfreeze(tiny_bert()))
-    assert sum(unfrozen.values()) == pm.count_parameters(tiny_bert())["total"]
+    assert sum(unfrozen.values()) == pm.parameter_counts(tiny_bert())["total"]
     assert set(unfrozen) == {"embeddings", "LayerNorm", "attention", "feed-forward"}
 
 
@@ -589,96 +588,3 @@ def test_compare_methods_rejects_empty_inputs(tiny_classifiers):
 def test_summarise_comparison_needs_the_comparison_columns():
     with pytest.raises(KeyError, match="accuracy"):
         pm.summarise_comparison(pd.DataFrame({"method": ["a"], "seed": [0]}))
-
-
-# ---------------------------------------------------------------------------- a causal LM
-
-CHAT_WORDS = ("user assistant what is the capital of france paris say hi hello name a colour "
-              "red blue translate cat into french chat").split()
-RECORDS = [
-    {"instruction": "what is the capital of france", "output": "paris"},
-    {"instruction": "translate cat into french", "input": "cat", "output": "chat chat"},
-    {"instruction": "name a colour", "output": "red or blue"},  # "or" is unknown
-]
-
-
-@pytest.fixture(scope="module")
-def chat_tokenizer():
-    return word_chat_tokenizer(CHAT_WORDS)
-
-
-def test_chat_prompt_ends_where_the_answer_begins(chat_tokenizer):
-    prompt = pm.chat_prompt(chat_tokenizer, "say hi", "hello")
-    assert prompt == "<|im_start|>user\nsay hi\n\nhello<|im_end|>\n<|im_start|>assistant\n"
-    with pytest.raises(ValueError, match="instruction"):
-        pm.chat_prompt(chat_tokenizer, "  ")
-
-
-def test_encode_chat_sft_masks_prompt_and_padding(chat_tokenizer):
-    enc = pm.encode_chat_sft(chat_tokenizer, RECORDS, max_length=32)
-    eos, pad = chat_tokenizer.eos_token_id, chat_tokenizer.pad_token_id
-    for row, rec in enumerate(RECORDS):
-        prompt = chat_tokenizer(pm.chat_prompt(chat_tokenizer, rec["instruction"],
-                                               rec.get("input", "")),
-                                add_special_tokens=False)["input_ids"]
-        n = int(enc["attention_mask"][row].sum())
-        ids, labels = enc["input_ids"][row], enc["labels"][row]
-        assert ids[:len(prompt)].tolist() == prompt
-        assert (labels[:len(prompt)] == -100).all()
-        assert torch.equal(labels[len(prompt):n], ids[len(prompt):n])
-        assert ids[n - 1] == eos, "every answer ends with the end-of-turn token"
-        assert (labels[n:] == -100).all() and (ids[n:] == pad).all()
-        assert (enc["attention_mask"][row, :n] == 1).all()
-    widths = enc["attention_mask"].sum(1)
-    assert enc["input_ids"].shape[1] == widths.max() and widths.min() < widths.max()
-
-
-def test_encode_chat_sft_cuts_long_answers_and_rejects_bad_records(chat_tokenizer):
-    record = {"instruction": "say hi", "output": "hello " * 20}
-    enc = pm.encode_chat_sft(chat_tokenizer, [record], max_length=16)
-    assert enc["input_ids"].shape == (1, 16) and (enc["labels"][0, -4:] != -100).all()
-    with pytest.raises(KeyError, match="output"):
-        pm.encode_chat_sft(chat_tokenizer, [{"instruction": "say hi"}])
-    with pytest.raises(ValueError, match="records is empty"):
-        pm.encode_chat_sft(chat_tokenizer, [])
-    with pytest.raises(ValueError, match="max_length"):
-        pm.encode_chat_sft(chat_tokenizer, RECORDS, max_length=4)
-
-
-def test_answer_only_loss_equals_the_full_lm_loss(chat_tokenizer):
-    model = tiny_llama(chat_tokenizer)
-    enc = pm.encode_chat_sft(chat_tokenizer, RECORDS)
-    ours = pm.AnswerOnlyLM(model)(**enc).loss
-    assert ours.item() == pytest.approx(model(**enc).loss.item(), abs=1e-5)
-    ours.backward()
-    assert model.lm_head.weight.grad is not None
-    with pytest.raises(ValueError, match="labels"):
-        pm.AnswerOnlyLM(model)(enc["input_ids"], enc["attention_mask"])
-    with pytest.raises(TypeError, match="causal LM"):
-        pm.AnswerOnlyLM(tiny_bert())
-
-
-def test_answer_nll(chat_tokenizer):
-    model = tiny_llama(chat_tokenizer).train()
-    enc = pm.encode_chat_sft(chat_tokenizer, RECORDS)
-    nll = pm.answer_nll(model, enc, batch_size=2)
-    assert isinstance(nll, float) and nll > 0
-    with torch.no_grad():
-        assert nll == pytest.approx(model.eval()(**enc).loss.item(), abs=1e-5)
-    assert not model.training
-    model.train()
-    pm.answer_nll(model, enc)
-    assert model.training, "answer_nll restores the training mode"
-    model.eval()
-    pm.answer_nll(model, enc)  # the fresh AnswerOnlyLM wrapper starts in training mode
-    assert not any(m.training for m in model.modules()), "and leaves an eval model in eval"
-
-
-def test_generate_answers_every_instruction(chat_tokenizer):
-    model = tiny_llama(chat_tokenizer).train()
-    answers = pm.generate(model, chat_tokenizer, ["say hi", "what is the capital of france"],
-                          max_new_tokens=3)
-    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
-    assert model.training and chat_tokenizer.padding_side == "right"
-    with pytest.raises(TypeError, match="list of strings"):
-        pm.generate(model, chat_tokenizer, "say hi")

@@ -516,14 +516,14 @@ def test_fill_mask_needs_a_mask(bert, tokenizer):
 
 def test_split_sentences():
     text = "The market rose today. Did it? Yes! Shares fell sharply again!\nA new line starts here"
-    assert pt.split_sentences(text) == ["The market rose today.", "Shares fell sharply again!",
+    assert pt.nsp_sentences(text) == ["The market rose today.", "Shares fell sharply again!",
                                         "A new line starts here"]
 
 
 def consecutive_pairs(documents):
     pairs, owner = set(), {}
     for d, doc in enumerate(documents):
-        sentences = pt.split_sentences(doc)
+        sentences = pt.nsp_sentences(doc)
         pairs |= set(zip(sentences, sentences[1:], strict=False))
         owner.update({s: d for s in sentences})
     return pairs, owner

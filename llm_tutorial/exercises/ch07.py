@@ -75,7 +75,7 @@ def _check_pack_rows(answer) -> str | None:
 
 
 @exercise("07.pack-rows", f"Examples of {PACK_LENGTHS} tokens are packed, in this order, into "
-          f"rows of {PACK_ROW} tokens (instructions.pack). How many rows?", _check_pack_rows,
+          f"rows of {PACK_ROW} tokens (chat.pack). How many rows?", _check_pack_rows,
           wrong_answer=-(-sum(PACK_LENGTHS) // PACK_ROW), answer_is_value=True)
 def pack_rows_solution():
     rows, used = 1, 0
