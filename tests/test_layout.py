@@ -6,7 +6,8 @@
   `llm_tutorial/exercises/chNN.py`.
 * Lesson NN imports only the shared modules and earlier lessons, so chapters read in order:
   nothing in notebook 06 depends on code that notebook 07 introduces.
-* Shared modules import no lesson; the build tooling (`report`, `site`) is imported by no lesson.
+* Shared modules import no lesson; the build tooling lives in its own package,
+  `llm_tutorial_build`, which nothing in `llm_tutorial` imports.
 * No import cycle among the package's modules, counting imports inside functions too.
 
 Imports are read with `ast` from the source, not by importing, so the test sees the imports
@@ -26,7 +27,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "llm_tutorial"
 SHARED = {"runtime", "assets", "trainer", "plotting", "chat", "exercises"}
-TOOLING = {"report", "site"}
 NAMED = re.compile(r"`llm_tutorial/(\w+)\.py`")
 
 
@@ -103,7 +103,7 @@ def test_every_notebook_names_its_modules_tests_and_exercises():
             assert (PACKAGE / f"{name}.py").exists(), f"{notebook.name} names llm_tutorial/{name}.py"
             assert (ROOT / "tests" / f"test_{name}.py").exists(), f"no tests/test_{name}.py"
         assert (PACKAGE / "exercises" / f"ch{number:02d}.py").exists(), f"no exercises/ch{number:02d}.py"
-    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"} - SHARED - TOOLING
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"} - SHARED
     assert set(owner) == modules, ("every lesson module is named by one notebook's first cell; "
                                    f"unnamed: {sorted(modules - set(owner))}")
 
@@ -119,13 +119,22 @@ def test_lessons_import_only_shared_modules_and_earlier_lessons():
         elif top in owner:
             number, what = owner[top], f"{top} (lesson {owner[top]:02d})"
             allowed = lambda m, n=number: _top(m) in SHARED or owner.get(_top(m), 99) < n  # noqa: E731
+        elif module == "llm_tutorial":  # the package's __init__
+            continue
         elif top in SHARED:
             what = f"shared module {module}"
             allowed = lambda m: _top(m) in SHARED  # noqa: E731
-        else:  # build tooling may use anything but is used by nothing that teaches
+        else:
+            problems.append(f"{module} is neither a lesson (named by a notebook) nor shared")
             continue
         problems += [f"{what} imports {m}" for m in sorted(imported) if not allowed(m)]
     assert not problems, "\n".join(problems)
+
+
+def test_no_lesson_or_shared_module_imports_the_build_tooling():
+    importers = sorted(str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")
+                       if "llm_tutorial_build" in p.read_text(encoding="utf-8"))
+    assert not importers, f"{importers} use llm_tutorial_build: lessons cannot depend on the build tooling"
 
 
 def test_there_is_no_import_cycle():

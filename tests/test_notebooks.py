@@ -112,7 +112,7 @@ def test_committed_goldens_are_complete_and_free_of_volatile_metadata(notebook):
     timestamps, widget state or kernel version that would change on every run."""
     import copy
 
-    from llm_tutorial.report import strip_volatile_metadata
+    from llm_tutorial_build.report import strip_volatile_metadata
 
     path, nb = notebook
     assert strip_volatile_metadata(copy.deepcopy(nb)) == nb, f"{path.name}: run make goldens"

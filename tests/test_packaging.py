@@ -169,11 +169,12 @@ def _third_party_imports(sources) -> set[str]:
                 found |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 found.add(node.module.split(".")[0])
-    return found - set(sys.stdlib_module_names) - {"llm_tutorial", "__future__"}
+    return found - set(sys.stdlib_module_names) - {"llm_tutorial", "llm_tutorial_build", "__future__"}
 
 
 def _course_sources():
-    yield from (p.read_text(encoding="utf-8") for p in (ROOT / "llm_tutorial").rglob("*.py"))
+    for package in ("llm_tutorial", "llm_tutorial_build"):
+        yield from (p.read_text(encoding="utf-8") for p in (ROOT / package).rglob("*.py"))
     for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
         for cell in nbformat.read(notebook, as_version=4).cells:
             if cell.cell_type == "code":
@@ -267,7 +268,7 @@ def test_make_test_runs_nbval_on_another_cpu_kernel_path():
     test_recipe = re.search(r"^test:.*\n((?:\t.*\n)+)", makefile, flags=re.M).group(1)
     assert "$(MAKE) --no-print-directory repro" in test_recipe and "$(NBVAL)" not in test_recipe
     repro_recipe = re.search(r"^repro:.*\n((?:\t.*\n)+)", makefile, flags=re.M).group(1)
-    assert "llm_tutorial.report kernel-paths --notebooks $(NOTEBOOKS)" in repro_recipe
+    assert "llm_tutorial_build.report kernel-paths --notebooks $(NOTEBOOKS)" in repro_recipe
     assert "ATEN_CPU_CAPABILITY=$$path $(NBVAL) $$notebooks" in repro_recipe
     nbval_recipe = re.search(r"^nbval:.*\n((?:\t.*\n)+)", makefile, flags=re.M).group(1)
     assert nbval_recipe.strip() == "$(NBVAL) notebooks/"
@@ -287,10 +288,10 @@ def test_make_test_runs_nbval_on_another_cpu_kernel_path():
 def test_make_repro_plans_every_notebook_on_a_path_other_than_its_goldens():
     """`report kernel-paths`, as `make repro` calls it, names every notebook once, each on a path
     other than the one recorded with its committed outputs."""
-    from llm_tutorial import report
+    from llm_tutorial_build import report
 
     env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
-    out = subprocess.run([sys.executable, "-m", "llm_tutorial.report", "kernel-paths"], env=env, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "llm_tutorial_build.report", "kernel-paths"], env=env, cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     native = subprocess.run([sys.executable, "-c", FLOAT_PATHS], env=env, capture_output=True, text=True,
                             check=True).stdout.split()[0]  # fmt: skip
@@ -336,7 +337,7 @@ def test_gpu_workflow_runs_the_full_profile_and_uploads_results(readme):
     assert "outputs/run.md" in summary[0]["run"]
     assert job["steps"].index(summary[0]) < job["steps"].index(upload)
     # the Makefile's run target builds the site, so the artifact carries it
-    assert re.search(r"^run:.*\n(\t.*\n)*\t.*llm_tutorial\.site", (ROOT / "Makefile").read_text(), re.M)
+    assert re.search(r"^run:.*\n(\t.*\n)*\t.*llm_tutorial_build\.site", (ROOT / "Makefile").read_text(), re.M)
     assert ".github/workflows/gpu-notebooks.yml" in readme and "docs/results/gpu.md" in readme
 
 

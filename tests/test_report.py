@@ -1,4 +1,4 @@
-"""Tests for `llm_tutorial.report` (make run / goldens / bench) on throwaway notebooks.
+"""Tests for `llm_tutorial_build.report` (make run / goldens / bench) on throwaway notebooks.
 
 Each test that executes a notebook starts a real kernel through papermill (a few seconds).
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from llm_tutorial import report
+from llm_tutorial_build import report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -196,14 +196,14 @@ def test_sanitize_config_only_hides_volatile_text():
 # ----------------------------------------------------------------------------- executing notebooks
 
 
-def test_run_executes_in_this_environment_measures_and_indexes(tmp_path):
+def test_run_executes_in_this_environment_measures_and_reports(tmp_path):
     loop = "from llm_tutorial import runtime\nfor _ in runtime.progress(range(3), desc='a long loop'):\n    pass"
     ok = make_notebook(tmp_path / "nb" / "00_ok.ipynb", PRINT_ENVIRONMENT,
                        "import torch\nprint('torch', torch.__version__)", loop, title="All good")  # fmt: skip
     bad = make_notebook(tmp_path / "nb" / "01_bad.ipynb", "raise ValueError('boom')", title="Broken <on purpose>")
     out = tmp_path / "outputs"
-    results, index_path = report.run_notebooks([ok, bad], out, profile="smoke", echo=False)
-    assert index_path == out / "index.html"
+    results, report_path = report.run_notebooks([ok, bad], out, profile="smoke", echo=False)
+    assert report_path == out / "run.json"
     good, failed = results
     assert good.ok and not failed.ok and failed.returncode != 0
     assert "ValueError: boom" in failed.error
@@ -219,19 +219,15 @@ def test_run_executes_in_this_environment_measures_and_indexes(tmp_path):
     assert good.wall_s > 0
 
     for name in ("00_ok", "01_bad"):
-        assert (out / f"{name}.ipynb").is_file()
-        assert (out / f"{name}.html").is_file()
-        assert (out / f"{name}.log").is_file()
-    assert "<title>All good</title>" in (out / "00_ok.html").read_text(encoding="utf-8")
+        assert (out / f"{name}.ipynb").is_file() and (out / f"{name}.log").is_file()
+        assert not (out / f"{name}.html").exists()  # pages are the site's job (one renderer)
 
-    index = index_path.read_text(encoding="utf-8")
-    for link in ("00_ok.ipynb", "00_ok.html", "01_bad.ipynb", "01_bad.html"):
-        assert f'href="{link}"' in index
-    assert "All good" in index and "Broken &lt;on purpose&gt;" in index  # titles, escaped
-    assert "1 of 2 notebook(s) FAILED" in index
-    assert re.search(r'<tr class="failed"><td><code>01_bad</code>.*ValueError: boom', index, flags=re.S)
-    assert '<tr class="ok"><td><code>00_ok</code>' in index
-    assert "Profile <strong>smoke</strong>, device <strong>cpu</strong>" in index
+    run = json.loads(report_path.read_text(encoding="utf-8"))
+    assert run["profile"] == "smoke" and run["device"] == "cpu" and run["machine"]["cpu"] == report.cpu_model()
+    first, second = run["notebooks"]
+    assert first["name"] == "00_ok" and first["title"] == "All good" and first["ok"]
+    assert first["output"] == "00_ok.ipynb" and first["log"] == "00_ok.log" and first["wall_s"] > 0
+    assert second["title"] == "Broken <on purpose>" and not second["ok"] and "ValueError: boom" in second["error"]
 
     summary = (out / "run.md").read_text(encoding="utf-8")
     assert summary.startswith("# `make run`, smoke profile, on cpu")
@@ -239,10 +235,9 @@ def test_run_executes_in_this_environment_measures_and_indexes(tmp_path):
     assert re.search(r"\| `00_ok` \| ok \| \d+\.\d \| [\d,]+ \|", summary)
     assert "| `01_bad` | **failed** |" in summary and "ValueError: boom" in summary
     assert f"- cpu: {report.cpu_model()}" in summary
-    assert re.search(r'<td class="num">\d+\.\d s</td><td class="num">[\d,]+ MB</td>', index)
 
 
-def test_run_cli_exits_nonzero_on_failure_and_still_writes_the_index(tmp_path, monkeypatch):
+def test_run_cli_exits_nonzero_on_failure_and_still_writes_the_report(tmp_path, monkeypatch):
     calls = []
 
     def fake_execute(source, output, **kwargs):
@@ -258,7 +253,8 @@ def test_run_cli_exits_nonzero_on_failure_and_still_writes_the_index(tmp_path, m
     out = tmp_path / "out"
     assert report.main(["run", "--out", str(out), "--profile", "smoke", "--notebooks", str(ok), str(bad)]) == 1
     assert calls == [("00_ok.ipynb", "smoke", {"PROFILE": "smoke"}), ("01_bad.ipynb", "smoke", {"PROFILE": "smoke"})]
-    assert "1 of 2 notebook(s) FAILED" in (out / "index.html").read_text(encoding="utf-8")
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert [n["ok"] for n in run["notebooks"]] == [True, False]
     assert report.main(["run", "--out", str(out), "--profile", "smoke", "--notebooks", str(ok)]) == 0
     with pytest.raises(SystemExit):
         report.main(["run", "--notebooks", str(tmp_path / "missing.ipynb")])

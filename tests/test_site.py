@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import html.parser
+import json
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from llm_tutorial import site
+from llm_tutorial_build import site
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -221,3 +223,29 @@ def test_cli_prefers_notebooks_executed_by_make_run(tmp_path, three):
     assert "02 · Lesson 2 (run)" in (out / "index.html").read_text()
     assert "executed by make run (profile full)" in (out / "02_lesson_2.html").read_text()
     assert "committed outputs (smoke profile)" in (out / "00_lesson_0.html").read_text()
+    assert not (out / "run.html").exists()  # no run.json: no report page
+
+
+def test_the_run_report_is_a_page_of_the_site(tmp_path, three):
+    run = tmp_path / "outputs"
+    run.mkdir()
+    report = {"profile": "smoke", "device": "cpu", "machine": {"cpu": "a CPU"}, "python": "3.11.7",
+              "torch": "2.13.0", "generated": "2026-12-06 01:00",
+              "notebooks": [{"name": "00_lesson_0", "title": "00 · Lesson 0", "ok": True, "wall_s": 12.5,
+                             "peak_rss_mb": 1234, "error": "", "output": "00_lesson_0.ipynb",
+                             "log": "00_lesson_0.log"},
+                            {"name": "01_lesson_1", "title": "Broken <on purpose>", "ok": False,
+                             "wall_s": 3.0, "peak_rss_mb": 456, "error": "ValueError: boom",
+                             "output": None, "log": "01_lesson_1.log"}]}
+    (run / "run.json").write_text(json.dumps(report))
+    out = tmp_path / "site"
+    assert site.main(["--out", str(out), "--run-dir", str(run), "--notebooks", *map(str, three)]) == 0
+    page = (out / "run.html").read_text()
+    assert "1 of 2 notebook(s) FAILED" in page and "Broken &lt;on purpose&gt;" in page
+    assert re.search(r'<tr class="failed"><td><code>01_lesson_1</code>.*ValueError: boom', page, flags=re.S)
+    assert '<a href="00_lesson_0.html">00 · Lesson 0</a>' in page  # linked to its lesson page
+    assert 'href="../outputs/00_lesson_0.log"' in page and 'href="../outputs/00_lesson_0.ipynb"' in page
+    assert '<td class="num">12.5 s</td><td class="num">1,234 MB</td>' in page
+    assert "Profile <strong>smoke</strong>, device <strong>cpu</strong>" in page
+    assert fetched(page).scripts == 0
+    assert 'href="run.html"' in (out / "index.html").read_text() and "1 FAILED" in (out / "index.html").read_text()

@@ -2,15 +2,17 @@
 
 Three subcommands, one executor::
 
-    python -m llm_tutorial.report run     [--out outputs] [--profile smoke|full] [--notebooks ...]
-    python -m llm_tutorial.report goldens [--notebooks ...]
-    python -m llm_tutorial.report bench   [--out docs/results/notebooks.md] [--notebooks ...]
-    python -m llm_tutorial.report kernel-paths [--notebooks ...]
+    python -m llm_tutorial_build.report run     [--out outputs] [--profile smoke|full] [--notebooks ...]
+    python -m llm_tutorial_build.report goldens [--notebooks ...]
+    python -m llm_tutorial_build.report bench   [--out docs/results/notebooks.md] [--notebooks ...]
+    python -m llm_tutorial_build.report kernel-paths [--notebooks ...]
 
-* ``run`` executes every notebook with papermill into ``outputs/NN_topic.ipynb``, renders each
-  one to ``outputs/NN_topic.html`` (nbconvert's ``HTMLExporter``) and writes ``outputs/index.html``
-  with title, status, wall time, peak memory, profile and device. It exits non-zero if any
-  notebook failed, after writing the index that marks the failure.
+* ``run`` executes every notebook with papermill into ``outputs/NN_topic.ipynb`` (with a log
+  beside each) and writes the run's report: ``outputs/run.json`` (title, status, wall time, peak
+  memory, error of each notebook; profile, device, machine), which the site renders as its page
+  ``run.html`` (`llm_tutorial_build.site`, the course's one HTML renderer), and ``outputs/run.md``,
+  the same as Markdown. It exits non-zero if any notebook failed, after writing the report that
+  marks the failure.
 * ``goldens`` re-executes notebooks in the ``smoke`` profile and writes them back in place,
   outputs kept, volatile metadata (timings, papermill and widget state, kernel version) removed:
   these committed outputs are what ``nbval`` compares against in ``make test``. It records in the
@@ -37,8 +39,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import html
 import importlib.metadata
+import json
 import os
 import platform
 import re
@@ -115,7 +117,6 @@ class NotebookResult:
     maxrss_mb: float = 0.0  # ru_maxrss of the largest process in the papermill subtree
     returncode: int = 0
     error: str = ""  # last lines of papermill's log when it failed
-    html: Path | None = None
     log: Path | None = None
 
     @property
@@ -364,93 +365,12 @@ def kernel_path_plan(notebooks: Iterable[Path], native: str) -> dict[str, list[P
 # ----------------------------------------------------------------------------- run + index
 
 
-def render_html(notebook: Path, destination: Path) -> Path:
-    """Render an executed notebook to a standalone HTML page with nbconvert."""
-    from nbconvert import HTMLExporter
-
-    nb = nbformat.read(notebook, as_version=4)
-    resources = {"metadata": {"name": notebook_title(nb, default=Path(notebook).stem)}}
-    body, _ = HTMLExporter().from_notebook_node(nb, resources=resources)
-    destination.write_text(body, encoding="utf-8")
-    return destination
-
-
 def _device_for(profile: str | None) -> tuple[str, str]:
     """(resolved profile, device) as the notebooks will see them."""
-    from . import runtime
+    from llm_tutorial import runtime
 
     resolved = runtime.get_profile(profile)
     return resolved, str(runtime.get_device(resolved))
-
-
-INDEX_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 70rem; color: #222; }
-table { border-collapse: collapse; width: 100%; }
-th, td { border-bottom: 1px solid #ddd; padding: .4rem .6rem; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.ok { color: #1a7f37; font-weight: 600; } .failed { color: #cf222e; font-weight: 600; }
-pre { background: #fff5f5; padding: .5rem; white-space: pre-wrap; font-size: .85em; }
-"""
-
-
-def write_index(
-    results: Sequence[NotebookResult], out_dir: Path, *, profile: str, device: str
-) -> Path:
-    """Write ``out_dir/index.html``: one row per notebook with links, status and measurements."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    esc = html.escape
-    n_failed = sum(not r.ok for r in results)
-    rows = []
-    for r in results:
-        links = []
-        if r.output is not None:
-            links.append(f'<a href="{esc(_rel(r.output, out_dir))}">notebook</a>')
-        if r.html is not None:
-            links.append(f'<a href="{esc(_rel(r.html, out_dir))}">HTML</a>')
-        if r.log is not None:
-            links.append(f'<a href="{esc(_rel(r.log, out_dir))}">log</a>')
-        title_cell = esc(r.title)
-        if r.html is not None:
-            title_cell = f'<a href="{esc(_rel(r.html, out_dir))}">{title_cell}</a>'
-        error = f"<pre>{esc(r.error)}</pre>" if r.error else ""
-        rows.append(
-            f'<tr class="{r.status}"><td><code>{esc(r.name)}</code></td><td>{title_cell}{error}</td>'
-            f'<td class="{r.status}">{r.status.upper() if not r.ok else "ok"}</td>'
-            f'<td class="num">{r.wall_s:.1f} s</td><td class="num">{r.peak_rss_mb:,.0f} MB</td>'
-            f"<td>{' · '.join(links) or '—'}</td></tr>"
-        )
-    summary = (
-        f"{len(results)} notebook(s), all ok"
-        if not n_failed
-        else f'<span class="failed">{n_failed} of {len(results)} notebook(s) FAILED</span>'
-    )
-    page = f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>llm-tutorial — executed notebooks</title>
-<style>{INDEX_CSS}</style>
-</head>
-<body>
-<h1>llm-tutorial — executed notebooks</h1>
-<p>{summary}. Profile <strong>{esc(profile)}</strong>, device <strong>{esc(device)}</strong>,
-Python {esc(platform.python_version())}, torch {esc(_version("torch"))},
-generated {esc(dt.datetime.now().strftime("%Y-%m-%d %H:%M"))} by
-<code>python -m llm_tutorial.report run</code>.</p>
-<table>
-<thead><tr><th>#</th><th>title</th><th>status</th><th>wall time</th><th>peak RSS</th>
-<th>files</th></tr></thead>
-<tbody>
-{chr(10).join(rows)}
-</tbody>
-</table>
-</body>
-</html>
-"""
-    index = out_dir / "index.html"
-    index.write_text(page, encoding="utf-8")
-    return index
 
 
 def _rel(path: Path, start: Path) -> str:
@@ -465,7 +385,8 @@ def run_notebooks(
     timeout: int | None = None,
     echo: bool = True,
 ) -> tuple[list[NotebookResult], Path]:
-    """Execute, render and index ``notebooks`` into ``out_dir``; return (results, index path)."""
+    """Execute ``notebooks`` into ``out_dir`` and write the run's report (``run.json``, rendered
+    by the site as ``run.html``, and ``run.md``); return (results, path of ``run.json``)."""
     resolved, device = _device_for(profile)
     out_dir = Path(out_dir)
     results = []
@@ -477,18 +398,35 @@ def run_notebooks(
             source, out_dir / source.name, profile=resolved, parameters={"PROFILE": resolved},
             timeout=timeout, log=out_dir / f"{source.stem}.log", progress="text",
         )  # fmt: skip
-        if result.output is not None:
-            try:
-                result.html = render_html(result.output, out_dir / f"{source.stem}.html")
-            except Exception as exc:  # noqa: BLE001 - report it, keep going
-                result.error = (result.error + "\n" if result.error else "") + f"HTML export: {exc}"
         results.append(result)
         if echo:
             _print_result("run", source, result)
-    summary = format_run_summary(results, machine_description(), profile=resolved, device=device)
+    machine = machine_description()
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "run.md").write_text(summary, encoding="utf-8")
-    return results, write_index(results, out_dir, profile=resolved, device=device)
+    (out_dir / "run.md").write_text(format_run_summary(results, machine, profile=resolved, device=device),
+                                    encoding="utf-8")
+    return results, write_run_report(results, out_dir, profile=resolved, device=device, machine=machine)
+
+
+def write_run_report(results: Sequence[NotebookResult], out_dir: Path, *, profile: str, device: str,
+                     machine: Mapping[str, str]) -> Path:
+    """``out_dir/run.json``: what the site's run page shows, one entry per notebook (paths
+    relative to ``out_dir``)."""
+    out_dir = Path(out_dir)
+    report = {
+        "profile": profile, "device": device, "machine": dict(machine),
+        "python": platform.python_version(), "torch": _version("torch"),
+        "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "notebooks": [
+            {"name": r.name, "title": r.title, "ok": r.ok, "wall_s": round(r.wall_s, 1),
+             "peak_rss_mb": round(r.peak_rss_mb), "error": r.error,
+             "output": _rel(r.output, out_dir) if r.output is not None else None,
+             "log": _rel(r.log, out_dir) if r.log is not None else None}
+            for r in results],
+    }
+    path = out_dir / "run.json"
+    path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return path
 
 
 def format_run_summary(
@@ -637,14 +575,14 @@ def _selected(paths: Sequence[str] | None) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llm_tutorial.report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m llm_tutorial_build.report", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--notebooks", nargs="*", metavar="PATH", help="default: notebooks/NN_*.ipynb")
         p.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
 
-    p_run = sub.add_parser("run", help="execute every notebook into --out and write index.html")
+    p_run = sub.add_parser("run", help="execute every notebook into --out and write the run's report")
     common(p_run)
     p_run.add_argument("--out", type=Path, default=Path("outputs"))
     p_run.add_argument("--profile", default=None, help=f"smoke or full (default: ${PROFILE_ENV}, else auto)")
@@ -667,8 +605,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(path, *group)
         return 0
     if args.command == "run":
-        results, index = run_notebooks(notebooks, args.out, profile=args.profile or None, timeout=args.timeout)
-        print(f"[run] wrote {index}")
+        results, report = run_notebooks(notebooks, args.out, profile=args.profile or None, timeout=args.timeout)
+        print(f"[run] wrote {report} (the site renders it as run.html)")
     elif args.command == "goldens":
         results = []
         for path in notebooks:

@@ -21,7 +21,9 @@ network when one opens:
   ``solution``) are folded into a ``<details>`` element, as they are hidden in JupyterLab.
 
 Every page has a bar with the previous and next lesson, the index, and links to open the
-notebook in Colab or Binder or download it.
+notebook in Colab or Binder or download it. After ``make run`` the site also has ``run.html``,
+the run's report (status, wall time and peak memory of every notebook, from
+``outputs/run.json``): this module is the course's only HTML renderer.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from __future__ import annotations
 import argparse
 import copy
 import html
+import json
+import os
 import re
 import shutil
 from collections.abc import Sequence
@@ -363,17 +367,18 @@ Each lesson is a notebook backed by the <code>llm_tutorial</code> package; this 
 executed. To run them yourself:</p>
 <pre>make run      # set up .venv, execute every notebook into outputs/, build this site
 .venv/bin/jupyter lab notebooks/</pre>
-<ol class="lessons">
+{run}<ol class="lessons">
 {items}
 </ol>
-<p class="meta">{count} lessons. Built by <code>python -m llm_tutorial.site</code>.</p>
+<p class="meta">{count} lessons. Built by <code>python -m llm_tutorial_build.site</code>.</p>
 </body>
 </html>
 """
 
 
-def render_index(lessons: Sequence[Lesson]) -> str:
-    """The site's front page: every lesson with its objectives and links."""
+def render_index(lessons: Sequence[Lesson], run: dict | None = None) -> str:
+    """The site's front page: every lesson with its objectives and links (and, after a `make
+    run`, a line that links to the run's report)."""
     esc = html.escape
     items = []
     for lesson in lessons:
@@ -383,12 +388,80 @@ def render_index(lessons: Sequence[Lesson]) -> str:
             f'<p class="meta">{_links(lesson).replace("</a><a", "</a> · <a")} · '
             f"{esc(lesson.origin)}</p></li>"
         )
-    return INDEX_TEMPLATE.format(items="\n".join(items), count=len(lessons))
+    line = ""
+    if run is not None:
+        failed = sum(not n["ok"] for n in run["notebooks"])
+        state = f"{failed} FAILED" if failed else "all ran"
+        line = (f'<p class="run">The pages show a <code>make run</code> ({esc(run["profile"])} profile, '
+                f'{esc(run["generated"])}; {state}): <a href="run.html">the run\'s report</a>.</p>\n')
+    return INDEX_TEMPLATE.format(items="\n".join(items), count=len(lessons), run=line)
 
 
-def build_site(notebooks: Sequence[Path], out_dir: Path, *, echo: bool = False) -> Path:
+RUN_TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>llm-tutorial — the run's report</title>
+<link rel="icon" href="data:,">
+<style>
+body {{ font: 16px/1.5 system-ui, sans-serif; margin: 2rem auto; max-width: 70rem; color: #1f2328;
+  padding: 0 1rem; }}
+a {{ color: #0969da; }}
+table {{ border-collapse: collapse; width: 100%; }}
+th, td {{ border-bottom: 1px solid #d0d7de; padding: .4rem .6rem; text-align: left; }}
+td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
+.ok {{ color: #1a7f37; font-weight: 600; }} .failed {{ color: #cf222e; font-weight: 600; }}
+pre {{ background: #fff5f5; padding: .5rem; white-space: pre-wrap; font-size: .85em; }}
+</style>
+</head>
+<body>
+<p><a href="index.html">☰ All lessons</a></p>
+<h1>The run's report</h1>
+<p>{summary}. Profile <strong>{profile}</strong>, device <strong>{device}</strong>, Python {python},
+torch {torch}, generated {generated} by <code>python -m llm_tutorial_build.report run</code>.</p>
+<table>
+<thead><tr><th>#</th><th>lesson</th><th>status</th><th>wall time</th><th>peak RSS</th><th>files</th></tr></thead>
+<tbody>
+{rows}
+</tbody>
+</table>
+</body>
+</html>
+"""
+
+
+def render_run(run: dict, pages: dict[str, str], run_dir_from_site: str) -> str:
+    """The run's report (`report run`'s ``run.json``) as a page of the site: one row per notebook,
+    linked to its lesson page, with its status, wall time, peak memory, log and executed
+    notebook."""
+    esc = html.escape
+    rows = []
+    for n in run["notebooks"]:
+        title = esc(n["title"])
+        if n["name"] in pages:
+            title = f'<a href="{esc(pages[n["name"]])}">{title}</a>'
+        files = [f'<a href="{esc(run_dir_from_site + "/" + n[k])}">{k}</a>'
+                 for k in ("output", "log") if n.get(k)]
+        error = f"<pre>{esc(n['error'])}</pre>" if n.get("error") else ""
+        status = "ok" if n["ok"] else "failed"
+        rows.append(f'<tr class="{status}"><td><code>{esc(n["name"])}</code></td><td>{title}{error}</td>'
+                    f'<td class="{status}">{"ok" if n["ok"] else "FAILED"}</td>'
+                    f'<td class="num">{n["wall_s"]:.1f} s</td><td class="num">{n["peak_rss_mb"]:,} MB</td>'
+                    f"<td>{' · '.join(files) or '—'}</td></tr>")
+    failed = sum(not n["ok"] for n in run["notebooks"])
+    total = len(run["notebooks"])
+    summary = (f"{total} notebook(s), all ok" if not failed
+               else f'<span class="failed">{failed} of {total} notebook(s) FAILED</span>')
+    return RUN_TEMPLATE.format(summary=summary, rows="\n".join(rows),
+                               **{k: esc(str(run[k])) for k in ("profile", "device", "python", "torch",
+                                                                 "generated")})
+
+
+def build_site(notebooks: Sequence[Path], out_dir: Path, *, echo: bool = False,
+               run_report: Path | None = None) -> Path:
     """Render ``notebooks`` (executed) into ``out_dir``: one page each, ``index.html``, and a
-    copy of each notebook under ``notebooks/`` for download. Returns the index's path."""
+    copy of each notebook under ``notebooks/`` for download; with ``run_report`` (the
+    ``run.json`` of ``report run``) also ``run.html``. Returns the index's path."""
     lessons = load_lessons(notebooks)
     out_dir = Path(out_dir)
     (out_dir / "notebooks").mkdir(parents=True, exist_ok=True)
@@ -398,8 +471,16 @@ def build_site(notebooks: Sequence[Path], out_dir: Path, *, echo: bool = False) 
         shutil.copyfile(lesson.source, out_dir / "notebooks" / lesson.source.name)
         if echo:
             print(f"[site] {lesson.page} ({lesson.origin})", flush=True)
+    run = None
+    if run_report is not None and Path(run_report).is_file():
+        run = json.loads(Path(run_report).read_text(encoding="utf-8"))
+        from_site = Path(os.path.relpath(Path(run_report).parent.resolve(), out_dir.resolve())).as_posix()
+        (out_dir / "run.html").write_text(
+            render_run(run, {lesson.stem: lesson.page for lesson in lessons}, from_site), encoding="utf-8")
+        if echo:
+            print(f"[site] {out_dir / 'run.html'} (the run's report)", flush=True)
     index = out_dir / "index.html"
-    index.write_text(render_index(lessons), encoding="utf-8")
+    index.write_text(render_index(lessons, run), encoding="utf-8")
     if echo:
         print(f"[site] {index} ({len(lessons)} lessons)", flush=True)
     return index
@@ -409,7 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .report import NOTEBOOKS_DIR
 
     parser = argparse.ArgumentParser(
-        prog="python -m llm_tutorial.site",
+        prog="python -m llm_tutorial_build.site",
         description="Render the executed notebooks into a static course site.",
     )
     parser.add_argument("--out", type=Path, default=Path("outputs/site"), help="site folder")
@@ -423,7 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     args = parser.parse_args(argv)
     committed = args.notebooks or sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
-    build_site(choose_sources(committed, args.run_dir), args.out, echo=True)
+    build_site(choose_sources(committed, args.run_dir), args.out, echo=True,
+               run_report=args.run_dir / "run.json")
     return 0
 
 
