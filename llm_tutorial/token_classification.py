@@ -51,44 +51,30 @@ WH_WORDS = {"PERSON": "who", "GPE": "where", "LOC": "where", "DATE": "when"}
 def bio_labels(entity_types: Sequence[str]) -> list[str]:
     """The BIO tag set for ``entity_types``: ``O`` first (id 0), then ``B-t`` and ``I-t`` for
     each type, in the order given."""
-    if isinstance(entity_types, str) or not len(entity_types):
-        raise ValueError("entity_types must be a non-empty list of type names, e.g. ['person']")
-    for name in entity_types:
-        if not isinstance(name, str) or not name or name.startswith(("B-", "I-")) or name == "O":
-            raise ValueError(f"bad entity type {name!r}: give bare type names such as 'person', "
-                             "without a B-/I- prefix")
-    if len(set(entity_types)) != len(entity_types):
-        raise ValueError(f"entity_types has duplicates: {list(entity_types)}")
+    tagged = [name for name in entity_types if name.startswith(("B-", "I-")) or name == "O"]
+    if tagged or len(set(entity_types)) != len(entity_types):
+        raise ValueError(f"entity_types must be distinct bare type names such as 'person', without "
+                         f"a B-/I- prefix, got {list(entity_types)}")
     return ["O"] + [f"{prefix}-{name}" for name in entity_types for prefix in ("B", "I")]
 
 
 def label_maps(labels: Sequence[str]) -> tuple[dict[str, int], dict[int, str]]:
     """``(label2id, id2label)`` for a tag list such as :func:`bio_labels` returns."""
-    if isinstance(labels, str) or not len(labels) or len(set(labels)) != len(labels):
-        raise ValueError("labels must be a non-empty list of distinct tag names")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"labels must be distinct tag names, got {list(labels)}")
     label2id = {label: i for i, label in enumerate(labels)}
     return label2id, {i: label for label, i in label2id.items()}
 
 
 def check_tagged(words: Sequence[str], tags: Sequence[str], label2id: Mapping[str, int]) -> None:
-    """Raise a helpful error unless ``words`` is a non-empty list of strings with exactly one
-    known tag per word."""
-    if isinstance(words, str):
-        raise TypeError("words must be a list of words, not one string: use text.split()")
-    if isinstance(tags, str):
-        raise TypeError("tags must be a list with one tag per word, not one string")
-    if not len(words):
-        raise ValueError("empty sentence (no words): drop it from the data")
-    if not all(isinstance(w, str) for w in words):
-        raise TypeError("every word must be a string")
+    """Raise a helpful error unless there is exactly one known tag per word. (Truncation can
+    hide both mistakes from :func:`align_labels`, so :func:`encode_tagged` checks every
+    sentence first.)"""
     if len(tags) != len(words):
         raise ValueError(f"{len(words)} words but {len(tags)} tags: give exactly one tag per word "
                          f"(words start {list(words[:5])})")
-    for position, tag in enumerate(tags):
-        if tag not in label2id:
-            raise KeyError(f"unknown tag {tag!r} at word {position} ({words[position]!r}); known "
-                           f"tags: {', '.join(label2id)}. Map it to 'O' or add its type to the "
-                           "label set")
+    for tag in tags:
+        _tag_id(tag, label2id)
 
 
 def _inside(tag: str) -> str:
@@ -106,8 +92,6 @@ def align_labels(word_ids: Sequence[int | None], tags: Sequence[str],
     ``label_all_tokens=True`` they get the word's tag instead, with ``B-x`` turned into ``I-x``
     (a word has only one beginning). Words cut off by truncation simply do not appear.
     """
-    if isinstance(tags, str):
-        raise TypeError("tags must be a list with one tag per word, not one string")
     labels, previous = [], None
     for word_id in word_ids:
         if word_id is None:
@@ -127,7 +111,8 @@ def align_labels(word_ids: Sequence[int | None], tags: Sequence[str],
 
 def _tag_id(tag: str, label2id: Mapping[str, int]) -> int:
     if tag not in label2id:
-        raise KeyError(f"unknown tag {tag!r}; known tags: {', '.join(label2id)}")
+        raise KeyError(f"unknown tag {tag!r}; known tags: {', '.join(label2id)}. Map it to 'O' "
+                       "or add its type to the label set")
     return label2id[tag]
 
 
@@ -136,8 +121,6 @@ def naive_labels(tags: Sequence[str], label2id: Mapping[str, int], length: int) 
     padded with ``-100`` to the number of *tokens*, as if token ``i + 1`` were word ``i``. It is
     right until the first word that splits into several pieces; after that every label sits on
     the wrong token. Kept here to measure how much that costs."""
-    if not isinstance(length, int) or length < 1:
-        raise ValueError(f"length must be a positive int (the number of tokens), got {length!r}")
     ids = [IGNORE_INDEX] + [_tag_id(tag, label2id) for tag in tags]
     return ids[:length] + [IGNORE_INDEX] * (length - len(ids))
 
@@ -151,20 +134,21 @@ def naive_misplaced(word_ids: Sequence[int | None], n_words: int) -> list[bool]:
                  and word_ids[i] != i) for i in range(n_words)]
 
 
-def _check_fast(tokenizer) -> None:
+def _check_fast(tokenizer, alignment: str = "first") -> None:
+    """Alignment needs a fast tokenizer's ``word_ids()`` and offsets, and a known rule."""
     if not getattr(tokenizer, "is_fast", False):
         raise TypeError("a fast tokenizer is needed (it provides word_ids() and offset "
                         "mappings): load it with AutoTokenizer.from_pretrained(path)")
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
 
 
 def _check_sentences(sentences, label2id=None) -> None:
-    if isinstance(sentences, (str, tuple)) or not len(sentences):
-        raise ValueError("sentences must be a non-empty list of (words, tags) pairs")
+    if not len(sentences):
+        raise ValueError("sentences is empty: give at least one (words, tags) pair")
     if label2id is not None:
-        for item in sentences:
-            if not isinstance(item, (tuple, list)) or len(item) != 2:
-                raise TypeError("each sentence must be a (words, tags) pair")
-            check_tagged(item[0], item[1], label2id)
+        for words, tags in sentences:
+            check_tagged(words, tags, label2id)
 
 
 def encode_tagged(tokenizer, sentences: Sequence[tuple[Sequence[str], Sequence[str]]],
@@ -175,11 +159,7 @@ def encode_tagged(tokenizer, sentences: Sequence[tuple[Sequence[str], Sequence[s
     or ``"all"`` for ``label_all_tokens``) or :func:`naive_labels` (``"naive"``).
     ``shapes=True`` adds ``shape_ids`` (:func:`token_shapes`), the input of a
     :class:`CaseChannel` model."""
-    _check_fast(tokenizer)
-    if alignment not in ALIGNMENTS:
-        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
-    if not isinstance(max_length, int) or max_length < 4:
-        raise ValueError(f"max_length must be an int >= 4, got {max_length!r}")
+    _check_fast(tokenizer, alignment)
     _check_sentences(sentences, label2id)
     encoding = tokenizer([list(words) for words, _ in sentences], is_split_into_words=True,
                          truncation=True, max_length=max_length)
@@ -211,8 +191,6 @@ def word_shape(word: str) -> int:
     ``Capitalised`` ("Blair", also a single capital: "I"), ``UPPER`` ("BBC"), ``mIxed``
     ("McDonald", "eBay") or ``no letters`` ("2004", "%"). These are the word-shape features that
     classical taggers (and spaCy) feed to their models."""
-    if not isinstance(word, str):
-        raise TypeError(f"word must be a string, got {type(word).__name__}")
     letters = [c for c in word if c.isalpha()]
     if not letters:
         return SHAPES.index("no letters")
@@ -229,9 +207,6 @@ def token_shapes(word_ids: Sequence[int | None], words: Sequence[str]) -> list[i
     """One shape id per token: the :func:`word_shape` of the word the token came from (every
     sub-word of "Kaepernick" is ``Capitalised``), 0 for special tokens."""
     shapes = [word_shape(w) for w in words]
-    if any(w is not None and not 0 <= w < len(shapes) for w in word_ids):
-        raise ValueError(f"word_ids refer to words beyond the {len(shapes)} given: tokenize the "
-                         "same words you give here")
     return [0 if w is None else shapes[w] for w in word_ids]
 
 
@@ -250,9 +225,6 @@ class CaseChannel(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
-        if not hasattr(model, "get_input_embeddings") or not hasattr(model, "config"):
-            raise TypeError("CaseChannel wraps a transformers model (it needs "
-                            "get_input_embeddings() and config), e.g. token_classifier(labels)")
         self.model = model
         self.config = model.config
         self.shape_embeddings = torch.nn.Embedding(len(SHAPES), model.config.hidden_size)
@@ -265,7 +237,7 @@ class CaseChannel(torch.nn.Module):
                 shape_ids: torch.Tensor | None = None, **kwargs):
         if shape_ids is None:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        if shape_ids.shape != input_ids.shape:
+        if shape_ids.shape != input_ids.shape:  # (batch, 1) would broadcast silently
             raise ValueError(f"shape_ids {tuple(shape_ids.shape)} must match input_ids "
                              f"{tuple(input_ids.shape)}: one shape id per token")
         embeds = self.get_input_embeddings()(input_ids) + self.shape_embeddings(shape_ids)
@@ -280,8 +252,6 @@ def collate(features: Sequence[Mapping[str, object]], pad_token_id: int = 0
     """Pad a list of features into a batch of tensors: ``input_ids`` with ``pad_token_id``,
     ``labels`` with ``-100``, other sequences with 0; scalar fields (``start_positions``) are
     stacked."""
-    if not len(features):
-        raise ValueError("cannot collate an empty list of features")
     batch = {}
     for key, first in features[0].items():
         if isinstance(first, int):
@@ -300,8 +270,6 @@ def make_loader(features: Sequence[Mapping[str, object]], batch_size: int, seed:
     order comes from a generator seeded with ``seed``, so runs repeat exactly."""
     if not len(features):
         raise ValueError("features is empty: there is nothing to train on")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     return DataLoader(list(features), batch_size=batch_size, shuffle=shuffle, num_workers=0,
                       generator=torch.Generator().manual_seed(seed),
                       collate_fn=functools.partial(collate, pad_token_id=pad_token_id))
@@ -355,17 +323,11 @@ def predict_word_tags(model, tokenizer, sentences: Sequence[Sequence[str]],
     ``"all"``), or at token ``i + 1`` for word ``i`` (``"naive"``, how a model trained with
     :func:`naive_labels` is read). Words that were truncated away are tagged ``O``. A
     :class:`CaseChannel` model is given the words' shapes."""
-    _check_fast(tokenizer)
-    if alignment not in ALIGNMENTS:
-        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
-    if isinstance(sentences, str) or not len(sentences):
-        raise ValueError("sentences must be a non-empty list of word lists")
+    _check_fast(tokenizer, alignment)
     results = []
     with eval_mode(model):
         for start in runtime.batch_progress(range(0, len(sentences), batch_size), desc="tag"):
             chunk = [list(words) for words in sentences[start:start + batch_size]]
-            if any(not words for words in chunk):
-                raise ValueError("a sentence has no words: drop empty sentences first")
             encoding = tokenizer(chunk, is_split_into_words=True, truncation=True,
                                  max_length=max_length, padding=True, return_tensors="pt")
             inputs = {"input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"]}
@@ -430,17 +392,13 @@ def disagreements(words: Sequence[Sequence[str]], true_tags: Sequence[Sequence[s
     ``reference`` and ``predicted`` (``"TYPE: words"``, empty if none) and ``text`` (the
     sentence). Entity-F1 tells *how much* two taggers disagree; this tells *how*."""
     _check_same_shape(true_tags, pred_tags)
-    if len(words) != len(true_tags):
-        raise ValueError(f"{len(words)} word lists but {len(true_tags)} tag lists: give the "
-                         "words of every tagged sentence")
+    _check_same_shape(words, true_tags, ("words", "true tags"))
 
     def show(sentence, span):
         return f"{span[0]}: {' '.join(sentence[span[1]:span[2]])}" if span else ""
 
     rows = []
     for index, (sentence, true, pred) in enumerate(zip(words, true_tags, pred_tags, strict=True)):
-        if len(sentence) != len(true):
-            raise ValueError(f"sentence {index}: {len(sentence)} words but {len(true)} tags")
         reference, predicted = set(bio_to_spans(true)), set(bio_to_spans(pred))
 
         def overlapping(span, others):
@@ -463,14 +421,14 @@ def disagreements(words: Sequence[Sequence[str]], true_tags: Sequence[Sequence[s
                                        "text"])
 
 
-def _check_same_shape(true_tags, pred_tags) -> None:
-    if len(true_tags) != len(pred_tags):
-        raise ValueError(f"{len(true_tags)} true sentences but {len(pred_tags)} predicted: "
-                         "predict every sentence once")
-    for i, (t, p) in enumerate(zip(true_tags, pred_tags, strict=True)):
-        if len(t) != len(p):
-            raise ValueError(f"sentence {i}: {len(t)} true tags but {len(p)} predicted; "
-                             "predict one tag per word")
+def _check_same_shape(first, second, names=("true tags", "predicted tags")) -> None:
+    """Raise unless ``first`` and ``second`` hold as many sentences, each with as many items."""
+    bad = [i for i, (a, b) in enumerate(zip(first, second, strict=False)) if len(a) != len(b)]
+    where = "" if not bad else (f"; sentence {bad[0]} has {len(first[bad[0]])} {names[0]} but "
+                                f"{len(second[bad[0]])} {names[1]}")
+    if len(first) != len(second) or bad:
+        raise ValueError(f"{len(first)} sentences of {names[0]} but {len(second)} of {names[1]}"
+                         f"{where}: give one tag per word of every sentence")
 
 
 def ner_eval_fn(tokenizer, sentences: Sequence[tuple[Sequence[str], Sequence[str]]],
@@ -504,8 +462,6 @@ def train_tagger(tokenizer, sentences: Sequence[tuple[Sequence[str], Sequence[st
     With ``eval_sentences``, entity F1 on them is logged ``evals`` times (column
     ``entity_f1`` of the history).
     """
-    if not isinstance(evals, int) or isinstance(evals, bool) or evals < 1:
-        raise ValueError(f"evals must be a positive int (how often to score), got {evals!r}")
     label2id, id2label = label_maps(labels)
     features = encode_tagged(tokenizer, sentences, label2id, max_length, alignment=alignment,
                              shapes=case_channel)
@@ -527,7 +483,7 @@ def train_tagger(tokenizer, sentences: Sequence[tuple[Sequence[str], Sequence[st
 def _split_tag(tag: str) -> tuple[str, str]:
     if tag == "O":
         return "O", ""
-    if not isinstance(tag, str) or len(tag) < 3 or tag[:2] not in ("B-", "I-"):
+    if len(tag) < 3 or tag[:2] not in ("B-", "I-"):  # BIOES or IOB tags would be misread
         raise ValueError(f"bad BIO tag {tag!r}: use 'O', 'B-type' or 'I-type'")
     return tag[0], tag[2:]
 
@@ -538,8 +494,6 @@ def bio_to_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     The conlleval rules seqeval uses by default: an entity starts at ``B-x``, or at an ``I-x``
     that does not continue an entity of the same type (``O I-x`` is read as ``B-x``); it goes
     on while ``I-x`` follows. ``B-x B-x`` is two adjacent entities."""
-    if isinstance(tags, str):
-        raise TypeError("tags must be a list of tags, not one string")
     spans, current = [], None  # current = [type, start]
     for position, tag in enumerate(tags):
         prefix, kind = _split_tag(tag)
@@ -559,8 +513,6 @@ WORD_PATTERN = re.compile(r"\w+(?:['’.\-]\w+)*|[^\w\s]")
 def split_words(text: str) -> list[tuple[str, int, int]]:
     """Split text into words and punctuation marks, each with its character offsets
     ``(word, start, end)``, so that word-level entities can be mapped back to characters."""
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a string, got {type(text).__name__}")
     if not text.strip():
         raise ValueError("text is empty: type a sentence")
     return [(m.group(), m.start(), m.end()) for m in WORD_PATTERN.finditer(text)]
@@ -585,8 +537,6 @@ PALETTE = ("#fde68a", "#bfdbfe", "#bbf7d0", "#fecaca", "#ddd6fe", "#fed7aa", "#a
 def entities_html(text: str, entities: Sequence[Mapping[str, object]]) -> str:
     """Highlight entities (``{type, start, end}`` with character offsets, not overlapping) in
     ``text`` as HTML ``<mark>`` elements, one colour per type."""
-    if not isinstance(text, str):
-        raise TypeError("text must be a string")
     types = sorted({str(e["type"]) for e in entities})
     colour = {kind: PALETTE[i % len(PALETTE)] for i, kind in enumerate(types)}
     parts, cursor = [], 0
@@ -612,8 +562,6 @@ SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'A-Z0-9])")
 def split_sentences(text: str) -> list[str]:
     """Cut an article into sentences: at line breaks, and after ``.``, ``!`` or ``?`` followed by
     a space and a capital letter, digit or quote. Crude, but good enough for news text."""
-    if not isinstance(text, str):
-        raise TypeError("text must be a string")
     sentences = []
     for line in text.splitlines():
         sentences += [s.strip() for s in SENTENCE_END.split(line) if s.strip()]
@@ -625,20 +573,13 @@ def sample_sentences(texts: Sequence[str], n: int | None, seed: int = 0, min_wor
     """``n`` sentences drawn without replacement (seeded) from all sentences of ``texts`` that
     have ``min_words`` to ``max_words`` words; headlines (the first line) are skipped.
     ``n=None`` takes every such sentence, in the same seeded random order."""
-    if isinstance(texts, str) or not len(texts):
-        raise ValueError("texts must be a non-empty list of articles")
-    if n is not None and (not isinstance(n, int) or n < 1):
-        raise ValueError(f"n must be a positive int (or None for all), got {n!r}")
     pool = [s for text in texts for s in split_sentences(text.split("\n", 1)[-1])
             if min_words <= len(s.split()) <= max_words]
-    if not pool:
-        raise ValueError(f"no sentence has {min_words} to {max_words} words: pass longer texts "
-                         "or widen min_words/max_words")
+    if not pool or (n is not None and not 1 <= n <= len(pool)):
+        raise ValueError(f"n={n}, but {len(pool)} sentences have {min_words} to {max_words} words: "
+                         "ask for fewer (n=None takes all), or widen min_words/max_words")
     if n is None:
         n = len(pool)
-    if n > len(pool):
-        raise ValueError(f"asked for {n} sentences but only {len(pool)} qualify: ask for fewer "
-                         "or widen min_words/max_words")
     return random.Random(seed).sample(pool, n)
 
 
@@ -657,10 +598,6 @@ def silver_tags(doc, types: Sequence[str] = SILVER_TYPES) -> tuple[list[str], li
 
 def annotate(nlp, sentences: Sequence[str], batch_size: int = 64) -> list:
     """Run the spaCy pipeline over sentences (``nlp.pipe``, batched); returns the ``Doc`` s."""
-    if isinstance(sentences, str) or not len(sentences):
-        raise ValueError("sentences must be a non-empty list of strings")
-    if any(not isinstance(s, str) or not s.strip() for s in sentences):
-        raise ValueError("every sentence must be a non-empty string: drop empty ones first")
     return list(nlp.pipe(sentences, batch_size=batch_size))
 
 
@@ -680,16 +617,13 @@ class QAExample:
 
 
 def check_qa_example(example: QAExample) -> None:
-    """Raise a helpful error unless the question and context are non-empty and the answer is
-    exactly where ``answer_start`` says."""
-    if not isinstance(example, QAExample):
-        raise TypeError(f"expected a QAExample, got {type(example).__name__}")
-    if not example.question.strip():
-        raise ValueError("the question is empty: write a question")
-    if not example.context.strip():
-        raise ValueError("the context is empty: give the text the answer comes from")
-    if not example.answer.strip():
-        raise ValueError("the answer is empty: a training example needs an answer span")
+    """Raise a helpful error unless the question, context and answer are non-empty and the
+    answer is exactly where ``answer_start`` says."""
+    empty = [field for field in ("question", "context", "answer")
+             if not getattr(example, field).strip()]
+    if empty:
+        raise ValueError(f"the {' and '.join(empty)} is empty: a training example needs a "
+                         "question, the context the answer comes from and an answer span")
     found = example.context[example.answer_start:example.answer_start + len(example.answer)]
     if example.answer_start < 0 or found != example.answer:
         where = example.context.find(example.answer)
@@ -720,10 +654,6 @@ def qa_examples_from_articles(nlp, articles: Sequence[str], n: int, seed: int = 
     is the sentence with the entity replaced by the question word, the context is the sentence
     with ``context_sentences`` neighbours on each side, and the answer is the entity. Stops after
     ``n`` examples."""
-    if isinstance(articles, str) or not len(articles):
-        raise ValueError("articles must be a non-empty list of texts")
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
     rng = random.Random(seed)
     order = list(range(len(articles)))
     rng.shuffle(order)
@@ -793,25 +723,23 @@ def build_qa_features(tokenizer, examples: Sequence[QAExample], max_length: int 
     not contain the whole answer, which teaches the model to point at ``[CLS]`` for "not here".
     """
     _check_fast(tokenizer)
-    if isinstance(examples, QAExample) or not len(examples):
-        raise ValueError("examples must be a non-empty list of QAExample")
+    if not len(examples):
+        raise ValueError("examples is empty: give at least one QAExample")
     for example in examples:
         if train:
             check_qa_example(example)
-        elif not isinstance(example, QAExample) or not example.question.strip() \
-                or not example.context.strip():
+        elif not example.question.strip() or not example.context.strip():
             raise ValueError("every example needs a non-empty question and context")
     longest = max(len(tokenizer(e.question, add_special_tokens=False)["input_ids"])
                   for e in examples)
     room = max_length - longest - 3  # [CLS] question [SEP] context [SEP]
     if room < 1:
         raise ValueError(f"max_length={max_length} is smaller than the longest question "
-                         f"({longest} tokens + 3 special tokens): raise max_length above "
-                         f"{longest + 3} or shorten the question")
-    if not isinstance(stride, int) or not 0 <= stride < room:
-        raise ValueError(f"stride={stride} must be in [0, {room}): the overlap has to be shorter "
-                         f"than the {room} context tokens a window holds; lower stride or raise "
-                         "max_length")
+                         f"({longest} tokens + 3 special tokens): raise it or shorten the question")
+    if not 0 <= stride < room:
+        raise ValueError(f"stride={stride} must be in [0, {room}): below the {room} context "
+                         "tokens a window holds, or windows would not advance; lower stride or "
+                         "raise max_length")
     encoding = tokenizer([e.question for e in examples], [e.context for e in examples],
                          truncation="only_second", max_length=max_length, stride=stride,
                          return_overflowing_tokens=True, return_offsets_mapping=True)
@@ -860,10 +788,6 @@ def best_span(start_logits: Sequence[float], end_logits: Sequence[float],
     if not len(start_logits) == len(end_logits) == len(mask):
         raise ValueError(f"start_logits ({len(start_logits)}), end_logits ({len(end_logits)}) and "
                          f"context_mask ({len(mask)}) must have one entry per token")
-    if not isinstance(n_best, int) or n_best < 1:
-        raise ValueError(f"n_best must be a positive int, got {n_best!r}")
-    if not isinstance(max_answer_len, int) or max_answer_len < 1:
-        raise ValueError(f"max_answer_len must be a positive int, got {max_answer_len!r}")
     k = min(n_best, len(mask))
     starts = torch.topk(start_logits.masked_fill(~mask, float("-inf")), k).indices.tolist()
     ends = torch.topk(end_logits.masked_fill(~mask, float("-inf")), k).indices.tolist()
@@ -915,8 +839,6 @@ def predict_answers(model, tokenizer, examples: Sequence[QAExample], max_length:
 def normalize_answer(text: str) -> str:
     """SQuAD v1.1 normalisation: lower-case, drop punctuation and the articles a/an/the, and
     collapse whitespace."""
-    if not isinstance(text, str):
-        raise TypeError(f"answers must be strings, got {type(text).__name__}")
     text = text.lower()
     text = "".join(ch for ch in text if ch not in set(string.punctuation))
     text = re.sub(r"\b(a|an|the)\b", " ", text)
@@ -944,8 +866,6 @@ def squad_scores(predictions: Sequence[str], truths: Sequence[str | Sequence[str
                  ) -> dict[str, float]:
     """Mean exact match and token F1 in percent, as the SQuAD script reports them; a truth may
     be a list of acceptable answers (the best match counts)."""
-    if isinstance(predictions, str) or isinstance(truths, str):
-        raise TypeError("predictions and truths must be lists of strings")
     if len(predictions) != len(truths) or not len(predictions):
         raise ValueError(f"{len(predictions)} predictions for {len(truths)} truths: give one "
                          "prediction per question (and at least one)")

@@ -3,6 +3,8 @@ best-span search, SQuAD metrics, and the errors raised on bad input."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pandas as pd
 import pytest
 import torch
@@ -32,10 +34,6 @@ def tokenizer():
 def test_bio_labels_and_maps():
     assert LABELS == ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     assert ID2LABEL[0] == "O" and LABEL2ID["I-LOC"] == 4
-    with pytest.raises(ValueError, match="without a B-/I- prefix"):
-        tc.bio_labels(["B-PER"])
-    with pytest.raises(ValueError, match="duplicates"):
-        tc.bio_labels(["PER", "PER"])
 
 
 def test_align_labels_first_subword_and_specials():
@@ -53,19 +51,12 @@ def test_align_labels_propagates_b_as_i():
         IGNORE_INDEX, B_PER, I_PER, I_PER, I_PER, IGNORE_INDEX]
 
 
-def test_align_labels_rejects_words_beyond_tags():
-    with pytest.raises(ValueError, match="only 1 tags"):
-        tc.align_labels([None, 0, 1, None], ["O"], LABEL2ID)
-
-
 def test_naive_labels_pad_and_truncate():
     assert tc.naive_labels(["B-PER", "O"], LABEL2ID, 5) == [
         IGNORE_INDEX, B_PER, OUT, IGNORE_INDEX, IGNORE_INDEX]
     assert tc.naive_labels(["B-PER", "O", "B-LOC"], LABEL2ID, 3) == [IGNORE_INDEX, B_PER, OUT]
     # [CLS] w0 w1 w1 w2 [SEP]: w0 is fine, w1's piece is fine, w2's tag lands on w1's 2nd piece
     assert tc.naive_misplaced([None, 0, 1, 1, 2, None], 3) == [False, False, True]
-    with pytest.raises(ValueError, match="positive int"):
-        tc.naive_labels(["O"], LABEL2ID, 0)
 
 
 def test_encode_tagged_aligns_with_word_ids(tokenizer):
@@ -95,19 +86,6 @@ def test_encode_tagged_truncation(tokenizer):
     assert feature["labels"][-1] == IGNORE_INDEX  # the final [SEP] survives truncation
 
 
-def test_bad_tagged_input(tokenizer):
-    with pytest.raises(ValueError, match="one tag per word"):
-        tc.encode_tagged(tokenizer, [(["a", "b"], ["O"])], LABEL2ID)
-    with pytest.raises(KeyError, match="unknown tag 'B-ORG'"):
-        tc.encode_tagged(tokenizer, [(["a", "b"], ["O", "B-ORG"])], LABEL2ID)
-    with pytest.raises(ValueError, match="empty sentence"):
-        tc.check_tagged([], [], LABEL2ID)
-    with pytest.raises(TypeError, match="text.split"):
-        tc.check_tagged("a b", ["O", "O"], LABEL2ID)
-    with pytest.raises(ValueError, match="alignment"):
-        tc.encode_tagged(tokenizer, [(["a"], ["O"])], LABEL2ID, alignment="last")
-
-
 def test_collate_and_loader_pad_and_repeat():
     features = [{"input_ids": [2, 5, 3], "labels": [-100, 1, -100], "start_positions": 1},
                 {"input_ids": [2, 3], "labels": [-100, -100], "start_positions": 0}]
@@ -132,12 +110,8 @@ def test_word_shape(word, shape):
     assert tc.SHAPES[tc.word_shape(word)] == shape
 
 
-def test_token_shapes_follow_words_and_reject_bad_input():
+def test_token_shapes_follow_words():
     assert tc.token_shapes([None, 0, 0, 1, None], ["Kaepernick", "knelt"]) == [0, 2, 2, 1, 0]
-    with pytest.raises(ValueError, match="beyond the 1"):
-        tc.token_shapes([None, 0, 1], ["Ed"])
-    with pytest.raises(TypeError, match="must be a string"):
-        tc.word_shape(3)
 
 
 def test_encode_tagged_with_shapes_pads_with_no_word(tokenizer):
@@ -189,14 +163,6 @@ def test_case_channel_starts_as_the_wrapped_model_and_then_sees_case(tokenizer):
     assert model.shape_embeddings.weight.grad.abs().sum() > 0
 
 
-def test_case_channel_bad_input(tokenizer):
-    with pytest.raises(TypeError, match="transformers model"):
-        tc.CaseChannel(torch.nn.Linear(2, 2))
-    model = tc.CaseChannel(tiny_tagger(tokenizer))
-    with pytest.raises(ValueError, match="one shape id per token"):
-        model(input_ids=torch.ones(1, 4, dtype=torch.long), shape_ids=torch.ones(1, 3, dtype=torch.long))
-
-
 def test_disagreements_name_each_kind():
     words = [["Mr", "Blair", "met", "Nadal", "in", "Paris", "on", "Monday"], ["no", "entity"]]
     true = [["B-PER", "I-PER", "O", "B-ORG", "O", "B-LOC", "O", "B-DATE"], ["O", "O"]]
@@ -210,12 +176,6 @@ def test_disagreements_name_each_kind():
     ]
     assert set(table["kind"]) == set(tc.DISAGREEMENTS)
     assert tc.disagreements(words, true, true).empty  # agreeing taggers: no rows
-    with pytest.raises(ValueError, match="word lists"):
-        tc.disagreements(words[:1], true, pred)
-    with pytest.raises(ValueError, match="one tag per word"):
-        tc.disagreements(words, true, [["O"], ["O", "O"]])
-    with pytest.raises(ValueError, match="sentence 1: 1 words"):
-        tc.disagreements([words[0], ["x"]], true, pred)
 
 
 # ---------------------------------------------------------------------------- spans
@@ -239,23 +199,13 @@ def test_bio_to_spans_matches_seqeval():
     assert tc.bio_to_spans(tags) == [(t, s, e + 1) for t, s, e in get_entities(tags)]
 
 
-def test_bio_to_spans_rejects_bad_tags():
-    with pytest.raises(ValueError, match="B-type"):
-        tc.bio_to_spans(["S-PER"])
-
-
 def test_split_words_offsets_and_html():
     text = "Ed Sheeran played at O'Brien's in New York."
     words = tc.split_words(text)
     assert all(text[s:e] == w for w, s, e in words)
     assert [w for w, _, _ in words][-2:] == ["York", "."]
-    with pytest.raises(ValueError, match="type a sentence"):
-        tc.split_words("   ")
     page = tc.entities_html("a <b> Ed", [{"type": "PER", "start": 6, "end": 8}])
     assert "&lt;b&gt;" in page and "<mark" in page and "Ed <small><b>PER" in page
-    with pytest.raises(ValueError, match="overlaps"):
-        tc.entities_html("abc", [{"type": "X", "start": 0, "end": 2}, {"type": "X", "start": 1,
-                                                                        "end": 3}])
 
 
 def test_entity_scores_and_report():
@@ -265,8 +215,6 @@ def test_entity_scores_and_report():
     assert scores["precision"] == scores["recall"] == scores["f1"] == 0.5
     report = tc.entity_report(gold, pred)
     assert report.loc["LOC", "f1"] == 1.0 and report.loc["PER", "support"] == 1
-    with pytest.raises(ValueError, match="one tag per word"):
-        tc.entity_scores(gold, [["O"]])
 
 
 # ---------------------------------------------------------------------------- QA
@@ -301,19 +249,6 @@ def test_qa_features_locate_the_answer_in_the_right_window(tokenizer):
     assert first[-4:] == second[:4]
 
 
-def test_qa_features_bad_input(tokenizer):
-    with pytest.raises(ValueError, match="not at context"):
-        tc.build_qa_features(tokenizer, [QAExample("where ?", CONTEXT, "paris", 3)], 64, 8)
-    with pytest.raises(ValueError, match="does not occur"):
-        tc.check_qa_example(QAExample("where ?", CONTEXT, "rome", 0))
-    with pytest.raises(ValueError, match="smaller than the longest question"):
-        tc.build_qa_features(tokenizer, [qa_example()], max_length=6, stride=1)
-    with pytest.raises(ValueError, match="stride"):
-        tc.build_qa_features(tokenizer, [qa_example()], max_length=24, stride=10)
-    with pytest.raises(ValueError, match="question is empty"):
-        tc.check_qa_example(QAExample(" ", CONTEXT, "paris", CONTEXT.index("paris")))
-
-
 def test_best_span_rules():
     start = torch.tensor([9.0, 8.0, 1.0, 0.0, 5.0, 0.0])
     end = torch.tensor([9.0, 0.0, 0.0, 4.0, 1.0, 7.0])
@@ -323,8 +258,6 @@ def test_best_span_rules():
     assert tc.best_span(start, end, mask, n_best=6, max_answer_len=1) == (7.0, 5, 5)
     assert tc.best_span([0.0, 1.0, 0.0], [0.0, 0.0, 5.0], [True] * 3, max_answer_len=2)[1:] == (1, 2)
     assert tc.best_span([0.0, 1.0], [5.0, 0.0], [False, False]) is None  # no context at all
-    with pytest.raises(ValueError, match="one entry per token"):
-        tc.best_span([0.0], [0.0, 1.0], [True])
 
 
 def test_templated_question():
@@ -332,8 +265,6 @@ def test_templated_question():
     start = sentence.index("Washington")
     assert tc.templated_question(sentence, start, start + 10, "where") == \
         "Blair met Bush in where on Monday?"
-    with pytest.raises(ValueError, match="inside the sentence"):
-        tc.templated_question(sentence, 5, 500, "who")
 
 
 def test_split_and_sample_sentences():
@@ -342,15 +273,9 @@ def test_split_and_sample_sentences():
                                            "Second one follows it here."]
     assert tc.sample_sentences([article], 2, min_words=4) == \
         tc.sample_sentences([article], 2, min_words=4)
-    with pytest.raises(ValueError, match="only 2 qualify"):
-        tc.sample_sentences([article], 3, min_words=4)
     everything = tc.sample_sentences([article], None, min_words=4, seed=3)
     assert sorted(everything) == ["First sentence is long enough.", "Second one follows it here."]
     assert everything == tc.sample_sentences([article], 2, min_words=4, seed=3)  # same order
-    with pytest.raises(ValueError, match="no sentence has 9 to 40 words"):
-        tc.sample_sentences([article], None, min_words=9)
-    with pytest.raises(ValueError, match="or None for all"):
-        tc.sample_sentences([article], 0)
 
 
 # ---------------------------------------------------------------------------- SQuAD metrics
@@ -365,8 +290,82 @@ def test_squad_metrics():
     assert tc.token_f1("", "Paris") == 0.0
     scores = tc.squad_scores(["Paris France", "Berlin"], ["Paris", ["Bonn", "berlin"]])
     assert scores == {"exact_match": 50.0, "f1": pytest.approx(100 * (2 / 3 + 1) / 2)}
-    with pytest.raises(ValueError, match="one prediction per question"):
-        tc.squad_scores(["a"], ["a", "b"])
+
+
+# ---------------------------------------------------------------------------- bad input
+
+ARTICLE = "Headline here\n\nFirst sentence is long enough. Second one follows it here.\n"
+DIS_WORDS = [["Mr", "Blair", "met", "Nadal"], ["no", "entity"]]
+DIS_TAGS = [["B-PER", "I-PER", "O", "B-PER"], ["O", "O"]]
+
+# (call with the tiny tokenizer, error, message): each row is a mistake learners make
+BAD_CALLS = [
+    # labels and their alignment to sub-words
+    (lambda tok: tc.bio_labels(["B-PER"]), ValueError, "without a B-/I- prefix"),
+    (lambda tok: tc.bio_labels(["PER", "PER"]), ValueError, "distinct bare type names"),
+    (lambda tok: tc.label_maps(["O", "B-PER", "O"]), ValueError, "distinct tag names"),
+    (lambda tok: tc.align_labels([None, 0, 1, None], ["O"], LABEL2ID), ValueError, "only 1 tags"),
+    (lambda tok: tc.encode_tagged(tok, [(["a", "b"], ["O"])], LABEL2ID), ValueError,
+     "2 words but 1 tags: give exactly one tag per word"),
+    (lambda tok: tc.encode_tagged(tok, [(["a", "b"], ["O", "B-ORG"])], LABEL2ID), KeyError,
+     "unknown tag 'B-ORG'; known tags: O, B-PER, I-PER, B-LOC, I-LOC"),
+    (lambda tok: tc.naive_labels(["B-ORG"], LABEL2ID, 4), KeyError, "unknown tag 'B-ORG'"),
+    (lambda tok: tc.encode_tagged(tok, [(["a"], ["O"])], LABEL2ID, alignment="last"), ValueError,
+     r"alignment must be one of \('first', 'all', 'naive'\)"),
+    (lambda tok: tc.predict_word_tags(None, tok, [["a"]], ID2LABEL, alignment="last"), ValueError,
+     "alignment must be one of"),
+    (lambda tok: tc.encode_tagged(SimpleNamespace(is_fast=False), [(["a"], ["O"])], LABEL2ID),
+     TypeError, "a fast tokenizer is needed"),
+    (lambda tok: tc.encode_tagged(tok, [], LABEL2ID), ValueError, "sentences is empty"),
+    (lambda tok: tc.make_loader([], 4), ValueError, "nothing to train on"),
+    (lambda tok: tc.CaseChannel(tiny_tagger(tok))(input_ids=torch.ones(2, 4, dtype=torch.long),
+                                                  shape_ids=torch.ones(2, 1, dtype=torch.long)),
+     ValueError, "one shape id per token"),
+    # scoring tags and reading them as spans
+    (lambda tok: tc.entity_scores([["B-PER", "O"]], [["O"]]), ValueError,
+     "sentence 0 has 2 true tags but 1 predicted tags: give one tag per word"),
+    (lambda tok: tc.entity_report([["O"], ["O"]], [["O"]]), ValueError,
+     "2 sentences of true tags but 1 of predicted tags"),
+    (lambda tok: tc.disagreements(DIS_WORDS[:1], DIS_TAGS, DIS_TAGS), ValueError,
+     "1 sentences of words but 2 of true tags"),
+    (lambda tok: tc.disagreements([DIS_WORDS[0], ["x"]], DIS_TAGS, DIS_TAGS), ValueError,
+     "sentence 1 has 1 words but 2 true tags"),
+    (lambda tok: tc.bio_to_spans(["S-PER"]), ValueError, "use 'O', 'B-type' or 'I-type'"),
+    (lambda tok: tc.split_words("   "), ValueError, "type a sentence"),
+    (lambda tok: tc.entities_html("abc", [{"type": "X", "start": 0, "end": 2},
+                                          {"type": "X", "start": 1, "end": 3}]),
+     ValueError, "overlaps"),
+    (lambda tok: tc.sample_sentences([ARTICLE], 3, min_words=4), ValueError,
+     "n=3, but 2 sentences have 4 to 40 words"),
+    (lambda tok: tc.sample_sentences([ARTICLE], None, min_words=9), ValueError,
+     "but 0 sentences have 9 to 40 words"),
+    (lambda tok: tc.sample_sentences([ARTICLE], 0), ValueError, "n=0, but"),
+    # extractive QA
+    (lambda tok: tc.build_qa_features(tok, [QAExample("where ?", CONTEXT, "paris", 3)], 64, 8),
+     ValueError, r"not at context\[3:...\].*context.find\(answer\) = \d+: fix answer_start"),
+    (lambda tok: tc.check_qa_example(QAExample("where ?", CONTEXT, "rome", 0)), ValueError,
+     "does not occur"),
+    (lambda tok: tc.check_qa_example(QAExample(" ", CONTEXT, "paris", CONTEXT.index("paris"))),
+     ValueError, "the question is empty"),
+    (lambda tok: tc.check_qa_example(QAExample("where ?", CONTEXT, "", 0)), ValueError,
+     "the answer is empty"),
+    (lambda tok: tc.build_qa_features(tok, []), ValueError, "examples is empty"),
+    (lambda tok: tc.build_qa_features(tok, [qa_example()], max_length=6, stride=1), ValueError,
+     "smaller than the longest question"),
+    (lambda tok: tc.build_qa_features(tok, [qa_example()], max_length=24, stride=10), ValueError,
+     r"stride=10 must be in \[0, \d+\)"),
+    (lambda tok: tc.best_span([0.0], [0.0, 1.0], [True]), ValueError, "one entry per token"),
+    (lambda tok: tc.templated_question("Blair met Bush.", 5, 500, "who"), ValueError,
+     "inside the sentence"),
+    (lambda tok: tc.squad_scores(["a"], ["a", "b"]), ValueError, "one prediction per question"),
+    (lambda tok: tc.squad_scores([], []), ValueError, "at least one"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", BAD_CALLS)
+def test_bad_input_raises_a_helpful_error(tokenizer, call, error, message):
+    with pytest.raises(error, match=message):
+        call(tokenizer)
 
 
 # ---------------------------------------------------------------------------- real models
@@ -419,9 +418,6 @@ def test_train_tagger_is_seeded_and_logs_entity_f1(minilm_tokenizer):
     assert list(history["step"]) == [2, 4]
     pd.testing.assert_frame_equal(history.drop(columns=["elapsed_s"], errors="ignore"),
                                   again.drop(columns=["elapsed_s"], errors="ignore"))
-    with pytest.raises(ValueError, match="evals must be a positive int"):
-        tc.train_tagger(minilm_tokenizer, sentences, LABELS, steps=4, lr=1e-3, batch_size=2,
-                        evals=0)
 
 
 @pytest.mark.slow
