@@ -132,8 +132,6 @@ def _a(word: str) -> str:
 
 def _pair(family: str, text: str, negation: str, yes: set[int]) -> list[Question]:
     """A question and its negation, which is asked as often and answered the other way."""
-    if not yes or len(yes) == 10:
-        raise ValueError(f"{text!r} must be answered yes for some digits and no for others")
     return [Question(text, frozenset(yes), family),
             Question(negation, frozenset(set(range(10)) - yes), family)]
 
@@ -195,8 +193,6 @@ def load_digit_data(test_size: float = 0.2, seed: int = 0) -> DigitData:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    if not isinstance(test_size, float) or not 0.0 < test_size < 1.0:
-        raise ValueError(f"test_size must be a float in (0, 1), got {test_size!r}")
     bunch = load_digits()
     digits = bunch.target.astype(np.int64)
     train_idx, test_idx = train_test_split(np.arange(len(digits)), test_size=test_size,
@@ -215,11 +211,9 @@ class VQAData:
     answers: torch.Tensor
 
     def __post_init__(self) -> None:
-        lengths = {len(self.image_idx), len(self.question_idx), len(self.answers)}
-        if len(lengths) != 1:
-            raise ValueError(f"image_idx, question_idx and answers must have the same length, "
-                             f"got {len(self.image_idx)}, {len(self.question_idx)}, "
-                             f"{len(self.answers)}")
+        if not len(self.image_idx) == len(self.question_idx) == len(self.answers):
+            raise ValueError(f"image_idx, question_idx and answers must have the same length, got "
+                             f"{len(self.image_idx)}, {len(self.question_idx)}, {len(self.answers)}")
 
     def __len__(self) -> int:
         return len(self.answers)
@@ -242,8 +236,6 @@ class _Batches:
     """Dict batches `{image_idx, question_idx, labels}`; iterating again reshuffles (seeded)."""
 
     def __init__(self, data: VQAData, batch_size: int, seed: int, shuffle: bool) -> None:
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         self.data, self.batch_size, self.seed, self.shuffle = data, batch_size, seed, shuffle
         self.epoch = 0
 
@@ -278,13 +270,7 @@ def make_vqa(digits: torch.Tensor, image_ids: torch.Tensor, questions: Sequence[
     `balanced=False`: question and image drawn independently and uniformly, the way a first
     attempt would do it; answers then follow the digit distribution.
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    if not questions:
-        raise ValueError("questions is empty: pass question_bank() or naive_questions()")
     image_ids = torch.as_tensor(image_ids, dtype=torch.long)
-    if image_ids.ndim != 1 or len(image_ids) == 0:
-        raise ValueError("image_ids must be a non-empty 1-D tensor of image indices")
     rng = np.random.default_rng(seed)
     ids = image_ids.numpy()
     labels = digits[image_ids].numpy()
@@ -296,12 +282,8 @@ def make_vqa(digits: torch.Tensor, image_ids: torch.Tensor, questions: Sequence[
             yes_mask = np.isin(labels, list(question.yes))
             for answer, pool_mask in ((YES, yes_mask), (NO, ~yes_mask)):
                 rows = np.flatnonzero((q_idx == qi) & (answers == answer))
-                pool_ids = ids[pool_mask]
-                if len(rows) and not len(pool_ids):
-                    raise ValueError(f"no image answers {question.text!r} with "
-                                     f"{'yes' if answer else 'no'}: pass more images")
                 if len(rows):
-                    img[rows] = rng.choice(pool_ids, size=len(rows))
+                    img[rows] = rng.choice(ids[pool_mask], size=len(rows))
     else:
         img = rng.choice(ids, size=n)
         answers = np.array([questions[q].answer(d) for q, d in
@@ -329,22 +311,18 @@ def modality_ceilings(data: VQAData, digits: torch.Tensor) -> dict[str, float]:
 # ================================================================================ encoders
 
 
-def check_digit_images(images: Any, name: str = "images") -> torch.Tensor:
-    """Validate a batch of digit images: a float tensor `(batch, 8, 8)` or `(batch, 1, 8, 8)`
-    with values in [0, 16] (scikit-learn's scale). Returns `(batch, 1, 8, 8)`."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+def check_digit_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """Check a batch of digit images: a tensor `(batch, 8, 8)` or `(batch, 1, 8, 8)` with
+    values in [0, 16] (scikit-learn's scale; NaN is out of range too). Returns
+    `(batch, 1, 8, 8)` as floats."""
     if images.ndim == 3:
         images = images.unsqueeze(1)
-    if images.ndim != 4 or images.shape[1:] != (1, 8, 8) or images.shape[0] == 0:
-        raise ValueError(f"{name} must have shape (batch, 8, 8) or (batch, 1, 8, 8) with one "
-                         f"channel (grey levels), got {tuple(images.shape)}; resize photos with "
-                         f"imagenet_preprocess, not here")
+    if images.shape[1:] != (1, 8, 8) or len(images) == 0:
+        raise ValueError(f"{name} must have shape (batch, 8, 8) or (batch, 1, 8, 8) with one channel (grey "
+                         f"levels), got {tuple(images.shape)}; resize photos with imagenet_preprocess, not here")
     if not images.is_floating_point():
         images = images.float()
-    if not torch.isfinite(images).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    if images.min() < 0 or images.max() > 16:
+    if images.isnan().any() or images.min() < 0 or images.max() > 16:
         raise ValueError(f"{name} must hold grey levels in [0, 16] like sklearn's digits, got "
                          f"values in [{images.min().item():g}, {images.max().item():g}]")
     return images
@@ -401,6 +379,8 @@ def random_shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tens
 def _shuffled_rows(n: int, batch_size: int, generator: torch.Generator):
     """Row indices of full batches, epoch after epoch, endlessly: each epoch a fresh permutation
     from `generator`, its incomplete last batch dropped. Take as many as there are steps."""
+    if not 1 <= batch_size <= n:  # else no full batch exists and this loop never yields
+        raise ValueError(f"batch_size must be in [1, {n}] (the training examples), got {batch_size}")
     while True:
         perm = torch.randperm(n, generator=generator)
         yield from perm[: n // batch_size * batch_size].split(batch_size)
@@ -412,10 +392,6 @@ def train_digit_cnn(data: DigitData, steps: int = 300, batch_size: int = 128, lr
     """Train `DigitCNN` to classify the training digits (with `random_shift` unless
     `augment=False`) with the course trainer; return the model, frozen and in eval mode, and
     its test accuracy."""
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= len(data.train_idx):
-        raise ValueError(f"batch_size must be an int in [1, {len(data.train_idx)}], got {batch_size!r}")
     torch.manual_seed(seed)
     model = DigitCNN()
     images, labels = data.images[data.train_idx], data.digits[data.train_idx]
@@ -442,15 +418,13 @@ class EfficientNetDigitEncoder(nn.Module):
     ## A frozen ImageNet encoder on digits
 
     EfficientNet-Lite0 expects colour photographs around 224 × 224. A digit becomes dark ink
-    on white paper (`1 - x/16`), is up-sampled bilinearly to `size` × `size`, copied to three
-    channels and normalised as in Lite0's training. The last feature map (1,280 channels,
+    on white paper (`1 - x/16`), is up-sampled bilinearly to `size` × `size` (a multiple of
+    32), copied to three channels and normalised as in Lite0's training. The last feature map (1,280 channels,
     `size/32` × `size/32` cells) is the patch grid; its mean is the image vector.
     """
 
     def __init__(self, network: nn.Module, size: int = 128) -> None:
         super().__init__()
-        if not isinstance(size, int) or size < 32 or size % 32:
-            raise ValueError(f"size must be a multiple of 32 (>= 32), got {size!r}")
         self.network, self.size = network.eval().requires_grad_(False), size
         self.patch_dim = self.dim = int(network._conv_head.out_channels)
         self.n_patches = (size // 32) ** 2
@@ -737,8 +711,6 @@ def fusion_head(strategy: str, patch_dim: int, image_dim: int, token_dim: int, t
     """The fusion head registered as `strategy` (one of `STRATEGIES`), built for these sizes."""
     if strategy not in FUSIONS:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if strategy == "cross_attention" and hidden % heads:
-        raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
     return FUSIONS[strategy](FusionDims(patch_dim, image_dim, token_dim, text_dim, n_patches,
                                         hidden, heads))
 
@@ -799,10 +771,9 @@ class VQAModel(nn.Module):
 
     def forward(self, image_idx: torch.Tensor, question_idx: torch.Tensor,
                 labels: torch.Tensor | None = None) -> dict:
-        if image_idx.shape != question_idx.shape or image_idx.ndim != 1:
-            raise ValueError(f"image_idx and question_idx must be 1-D and equally long (one "
-                             f"question per image), got {tuple(image_idx.shape)} and "
-                             f"{tuple(question_idx.shape)}")
+        if len(image_idx) != len(question_idx):
+            raise ValueError(f"got {len(image_idx)} images and {len(question_idx)} questions: "
+                             f"pass one question per image")
         device = self.head_device
         rows = image_idx.cpu()
         patches = self.image_features.patches[rows].to(device)
@@ -820,15 +791,6 @@ class VQAModel(nn.Module):
         """P(yes) for image/question index pairs (one question per image)."""
         image_idx = torch.as_tensor(image_idx, dtype=torch.long).reshape(-1)
         question_idx = torch.as_tensor(question_idx, dtype=torch.long).reshape(-1)
-        if len(image_idx) != len(question_idx):
-            raise ValueError(f"got {len(image_idx)} images and {len(question_idx)} questions: "
-                             f"pass one question per image")
-        if len(image_idx) == 0:
-            raise ValueError("no images given: pass at least one image index")
-        if image_idx.min() < 0 or image_idx.max() >= len(self.image_features.vectors):
-            raise IndexError(f"image indices must be in [0, {len(self.image_features.vectors)})")
-        if question_idx.min() < 0 or question_idx.max() >= len(self.questions):
-            raise IndexError(f"question indices must be in [0, {len(self.questions)})")
         with eval_mode(self):
             logits = self(image_idx.to(self.head_device), question_idx.to(self.head_device))["logits"]
         return logits.float().softmax(-1)[:, YES].cpu()
@@ -846,7 +808,7 @@ def train_vqa(model: VQAModel, train: VQAData, steps: int, batch_size: int = 256
 def vqa_accuracy(model: VQAModel, data: VQAData, batch_size: int = 4096) -> float:
     """Fraction of correct yes/no answers."""
     if len(data) == 0:
-        raise ValueError("data is empty")
+        raise ValueError("data is empty: evaluate on at least one sample")
     correct = 0
     for start in range(0, len(data), batch_size):
         rows = slice(start, start + batch_size)
@@ -869,8 +831,6 @@ def fusion_study(image_features: Mapping[str, ImageFeatures],
     zero-argument factory returning a fresh `TinyTextEncoder` (it is trained, so each run
     needs its own).
     """
-    if not strategies:
-        raise ValueError("strategies is empty")
     texts = [q.text for q in questions]
     rows, models = [], {}
     for image_name, features in image_features.items():
@@ -928,11 +888,9 @@ def place_on_canvas(images: torch.Tensor, positions: torch.Tensor) -> torch.Tens
     """Put each 8 × 8 digit in one quadrant (`POSITIONS[i]`) of a blank 16 × 16 canvas."""
     images = check_digit_images(images)[:, 0]
     positions = torch.as_tensor(positions, dtype=torch.long)
-    if positions.shape != (len(images),):
-        raise ValueError(f"need one position per image: {len(images)} images, positions of "
-                         f"shape {tuple(positions.shape)}")
-    if positions.min() < 0 or positions.max() >= len(POSITIONS):
-        raise ValueError(f"positions must be in [0, {len(POSITIONS)}): {POSITIONS}")
+    if positions.shape != (len(images),) or positions.min() < 0 or positions.max() >= len(POSITIONS):
+        raise ValueError(f"need one position in [0, {len(POSITIONS)}) per image, got {len(images)} images "
+                         f"and positions {positions.unique().tolist()} of shape {tuple(positions.shape)}")
     canvas = torch.zeros(len(images), 16, 16)
     for p in range(len(POSITIONS)):
         rows = positions == p
@@ -970,10 +928,6 @@ def make_captions(data: DigitData, image_ids: torch.Tensor, n: int, seed: int = 
                   templates: Sequence[str] = TRAIN_CAPTIONS) -> CaptionData:
     """`n` captioned canvases: a random image of `image_ids`, a random quadrant, a random
     caption template."""
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    if not templates:
-        raise ValueError("templates is empty")
     rng = np.random.default_rng(seed)
     img = torch.as_tensor(rng.choice(np.asarray(image_ids), size=n))
     pos = torch.as_tensor(rng.integers(len(POSITIONS), size=n))
@@ -996,10 +950,6 @@ class CanvasCNN(nn.Module):
             nn.Flatten(), nn.Linear(32 * 16, dim))
 
     def forward(self, canvases: torch.Tensor) -> torch.Tensor:
-        if not isinstance(canvases, torch.Tensor) or canvases.ndim != 3 or canvases.shape[1:] != (16, 16):
-            shape = tuple(canvases.shape) if isinstance(canvases, torch.Tensor) else type(canvases).__name__
-            raise ValueError(f"canvases must be a (batch, 16, 16) tensor (see place_on_canvas), "
-                             f"got {shape}")
         return self.net(canvases.unsqueeze(1).to(self.net[0].weight.device) / 16.0)
 
 
@@ -1028,8 +978,6 @@ def info_nce(image_emb: torch.Tensor, text_emb: torch.Tensor, temperature: float
     if classes is None:
         targets = torch.eye(len(scores), device=scores.device)
     else:
-        if classes.shape != (len(scores),):
-            raise ValueError(f"classes must be ({len(scores)},), got {tuple(classes.shape)}")
         targets = (classes[:, None] == classes[None, :]).float().to(scores.device)
     targets = targets / targets.sum(1, keepdim=True)
     loss_i = -(targets * scores.log_softmax(1)).sum(1).mean()
@@ -1090,11 +1038,8 @@ def train_clip(train: CaptionData, caption_vectors: torch.Tensor, steps: int = 4
     if len(caption_vectors) != len(train.captions):
         raise ValueError(f"caption_vectors has {len(caption_vectors)} rows for "
                          f"{len(train.captions)} captions: encode train.captions")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not isinstance(batch_size, int) or not 2 <= batch_size <= len(train.captions):
-        raise ValueError(f"batch_size must be an int in [2, {len(train.captions)}] (a contrastive "
-                         f"batch needs negatives), got {batch_size!r}")
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2 (a contrastive batch needs negatives), got {batch_size}")
     torch.manual_seed(seed)
     model = ClipModel(caption_vectors.shape[1], temperature=temperature,
                       multi_positive=multi_positive)
@@ -1146,8 +1091,6 @@ def retrieval_recall(model: ClipModel, test: CaptionData, class_vectors: torch.T
         out[f"image→text R@{k}"] = (ranks_i2t[:, :k] == classes[:, None]).any(-1).float().mean().item()
     rng = np.random.default_rng(seed)
     by_class = [np.flatnonzero(classes.numpy() == c) for c in range(n_classes)]
-    if any(len(rows) == 0 for rows in by_class):
-        raise ValueError("the test set must contain every digit × position class")
     hits = {k: [] for k in ks}
     for _ in range(galleries):
         gallery = np.array([rng.choice(rows) for rows in by_class])
@@ -1168,12 +1111,7 @@ def imagenet_preprocess(photo: Any, size: int = 224) -> torch.Tensor:
     from PIL import Image
 
     if isinstance(photo, np.ndarray):
-        if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
-            raise ValueError(f"a photo array must be (height, width, 3) uint8 RGB, got "
-                             f"{photo.shape} {photo.dtype}")
         photo = Image.fromarray(photo)
-    if not isinstance(photo, Image.Image):
-        raise TypeError(f"photo must be a PIL image or a numpy RGB array, got {type(photo).__name__}")
     photo = photo.convert("RGB")
     scale = round(size * 8 / 7) / min(photo.size)
     w, h = (max(size, round(s * scale)) for s in photo.size)
@@ -1192,8 +1130,6 @@ def imagenet_top_k(network: nn.Module, photos: Sequence[Any], class_names: Seque
     """ImageNet class probabilities `(n, 1000)` and the top-k `(name, probability)` per photo."""
     if len(class_names) != 1000:
         raise ValueError(f"need the 1,000 ImageNet class names, got {len(class_names)}")
-    if not photos:
-        raise ValueError("photos is empty")
     x = torch.stack([imagenet_preprocess(p) for p in photos])
     device = next(network.parameters()).device
     with eval_mode(network):
