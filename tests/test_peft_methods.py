@@ -6,9 +6,7 @@ Every model here is a tiny random one built from a config; no pretrained asset i
 from __future__ import annotations
 
 import copy
-import types
 
-import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -106,27 +104,6 @@ def test_merged_is_a_plain_frozen_linear_with_the_same_outputs():
         assert torch.allclose(merged(x), lora(x), atol=1e-6)
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"r": 0}, "rank"),
-    ({"r": -2}, "rank"),
-    ({"r": 2.0}, "rank"),
-    ({"r": True}, "rank"),
-    ({"alpha": 0}, "alpha"),
-    ({"alpha": -1.0}, "alpha"),
-    ({"dropout": 1.0}, "dropout"),
-    ({"dropout": -0.1}, "dropout"),
-])
-def test_lora_linear_rejects_bad_arguments(kwargs, match):
-    args = {"r": 2, "alpha": 4, **kwargs}
-    with pytest.raises(ValueError, match=match):
-        pm.LoRALinear(nn.Linear(4, 4), **args)
-
-
-def test_lora_linear_wraps_only_linear_layers():
-    with pytest.raises(TypeError, match="Conv1d"):
-        pm.LoRALinear(nn.Conv1d(4, 4, 1), r=2, alpha=4)
-
-
 # ---------------------------------------------------------------------------- find_modules
 
 
@@ -156,34 +133,6 @@ def test_find_modules_regex_must_match_the_whole_name():
     names = pm.find_modules(model, pm.ADAPTER_TARGETS["pfeiffer"])
     assert names == [f"encoder.layer.{i}.output.dense" for i in range(LAYERS)]
     assert len(pm.find_modules(model, pm.ADAPTER_TARGETS["houlsby"])) == 2 * LAYERS
-    with pytest.raises(ValueError, match="whole name"):
-        pm.find_modules(model, "query")  # a regex, so it matches no full name
-
-
-def test_find_modules_typo_lists_close_matches():
-    with pytest.raises(ValueError, match=r"'querry' matches no Linear.*Close matches: \[.*'query'"):
-        pm.find_modules(tiny_bert(), ["query", "querry"])
-
-
-def test_find_modules_names_the_type_of_a_non_linear_match():
-    with pytest.raises(ValueError, match="is a BertAttention, not a Linear"):
-        pm.find_modules(tiny_bert(), ["attention"])
-
-
-def test_find_modules_rejects_bad_targets():
-    model = tiny_bert()
-    with pytest.raises(ValueError, match="not a valid regular expression"):
-        pm.find_modules(model, "(query")
-    with pytest.raises(ValueError, match="matches no Linear"):
-        pm.find_modules(model, r".*nothing\.here")
-    with pytest.raises(TypeError, match="non-empty list"):
-        pm.find_modules(model, [])
-    with pytest.raises(TypeError, match="non-empty list"):
-        pm.find_modules(model, 3)
-    with pytest.raises(TypeError, match="non-empty strings"):
-        pm.find_modules(model, ["query", 3])
-    with pytest.raises(TypeError, match="nn.Module"):
-        pm.find_modules("model", ["query"])
 
 
 # ---------------------------------------------------------------------------- inject, merge
@@ -229,8 +178,6 @@ def test_merge_lora_restores_the_architecture_with_the_same_outputs():
     assert type(query) is nn.Linear
     assert torch.allclose(hidden(model, inputs), adapted, atol=1e-5)
     assert pm.parameter_counts(model) == {"trainable": 0, "total": original_total}
-    with pytest.raises(ValueError, match="no LoRALinear"):
-        pm.merge_lora(model)
 
 
 def test_remove_lora_puts_the_original_layers_back():
@@ -244,8 +191,7 @@ def test_remove_lora_puts_the_original_layers_back():
     assert pm.remove_lora(model) == 2 * LAYERS
     assert model.encoder.layer[0].attention.self.query is query
     assert torch.equal(hidden(model, inputs), before)
-    with pytest.raises(ValueError, match="no LoRALinear layers to remove"):
-        pm.remove_lora(model)
+    assert pm.remove_lora(model) == 0  # nothing left to remove
 
 
 # ---------------------------------------------------------------------------- peft
@@ -264,17 +210,6 @@ def test_our_lora_matches_peft_lora():
     assert not torch.allclose(hidden(base, inputs), hidden(theirs, inputs), atol=1e-3)
 
 
-def test_copy_lora_into_peft_rejects_mismatches():
-    theirs = pm.peft_wrap(tiny_bert(), "lora", r=4, lora_alpha=8,
-                          target_modules=["query", "value"])
-    with pytest.raises(ValueError, match="r=4.*ours r=2"):
-        pm.copy_lora_into_peft(lora_bert(r=2, alpha=4), theirs)
-    with pytest.raises(KeyError, match="key"):
-        pm.copy_lora_into_peft(lora_bert(targets=("key",)), theirs)
-    with pytest.raises(ValueError, match="inject_lora"):
-        pm.copy_lora_into_peft(tiny_bert(), theirs)
-
-
 @pytest.mark.parametrize(("method", "kwargs"), [
     ("prefix", {"num_virtual_tokens": 4}),
     ("ia3", {}),
@@ -288,20 +223,6 @@ def test_peft_wrap_methods_run_a_forward_pass(method, kwargs):
     assert hidden(model, inputs).shape == (3, 8, HIDDEN)
 
 
-def test_adalora_method_needs_three_steps():
-    model = types.SimpleNamespace(encoder=tiny_bert(), head=nn.Linear(4, 2))
-    prepare = pm.standard_methods()["AdaLoRA (12→8)"].prepare
-    with pytest.raises(ValueError, match="AdaLoRA needs max_steps >= 3"):
-        prepare(model, 2)
-
-
-def test_peft_wrap_rejects_unknown_methods_and_adalora_without_total_step():
-    with pytest.raises(KeyError, match="unknown peft method 'bitfit'.*'prefix'"):
-        pm.peft_wrap(tiny_bert(), "bitfit")
-    with pytest.raises(ValueError, match="total_step"):
-        pm.peft_wrap(tiny_bert(), "adalora")
-
-
 # ---------------------------------------------------------------------------- adapters
 
 
@@ -311,12 +232,6 @@ def test_bottleneck_adapter_is_the_identity_at_init():
     h = torch.randn(2, 5, 8)
     assert torch.equal(adapter(h), h)
     assert sum(p.numel() for p in adapter.parameters()) == 8 * 3 + 3 + 3 * 8 + 8
-
-
-@pytest.mark.parametrize("bottleneck", [0, -4, 2.0, True])
-def test_bottleneck_must_be_a_positive_int(bottleneck):
-    with pytest.raises(ValueError, match="bottleneck"):
-        pm.BottleneckAdapter(8, bottleneck)
 
 
 @pytest.mark.parametrize(("style", "per_layer"), [("houlsby", 2), ("pfeiffer", 1)])
@@ -331,13 +246,6 @@ def test_inject_adapters(style, per_layer):
     assert torch.allclose(hidden(model, inputs), before)
     per_adapter = 2 * HIDDEN * 4 + 4 + HIDDEN
     assert pm.parameter_counts(model)["trainable"] == len(names) * per_adapter
-
-
-def test_inject_adapters_with_a_bad_bottleneck_leaves_the_model_untouched():
-    model = tiny_bert()
-    with pytest.raises(ValueError, match="bottleneck"):
-        pm.inject_adapters(model, pm.ADAPTER_TARGETS["pfeiffer"], bottleneck=0)
-    assert all(p.requires_grad for p in model.parameters())
 
 
 # ---------------------------------------------------------------------------- bookkeeping
@@ -390,8 +298,6 @@ def test_trainable_state_dict_holds_only_trainable_detached_tensors():
 def test_forward_latency():
     seconds = pm.forward_latency(tiny_bert().train(), bert_inputs(), repeats=2, warmup=1)
     assert seconds > 0
-    with pytest.raises(ValueError, match="repeats"):
-        pm.forward_latency(tiny_bert(), bert_inputs(), repeats=0)
 
 
 # ---------------------------------------------------------------------------- save / load
@@ -412,31 +318,8 @@ def test_adapter_roundtrip(tmp_path):
     assert torch.equal(hidden(fresh, inputs), hidden(model, inputs))
 
 
-def test_load_adapter_mismatches_raise_value_error(tmp_path):
-    path = pm.save_adapter(lora_bert(), tmp_path / "lora.safetensors", LORA_CONFIG)
-    with pytest.raises(ValueError, match=r"shapes do not fit.*\(4, 32\) vs model \(2, 32\).*'r': 4"):
-        pm.load_adapter(lora_bert(r=2, alpha=4), path)
-    with pytest.raises(ValueError, match="lacks"):
-        pm.load_adapter(pm.freeze(tiny_bert()), path)
-    with pytest.raises(ValueError, match="trainable parameters the file lacks"):
-        pm.load_adapter(lora_bert(targets=("query", "value", "key")), path)
-
-
-def test_load_adapter_bad_files(tmp_path):
-    garbage = tmp_path / "garbage.safetensors"
-    garbage.write_bytes(b"not an adapter at all" * 10)
-    with pytest.raises(ValueError, match="not a valid safetensors adapter"):
-        pm.load_adapter(lora_bert(), garbage)
-    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
-        pm.load_adapter(lora_bert(), tmp_path / "missing.safetensors")
-
-
-def test_save_adapter_errors(tmp_path):
-    with pytest.raises(ValueError, match="no trainable parameters"):
-        pm.save_adapter(pm.freeze(tiny_bert()), tmp_path / "a.safetensors")
-    with pytest.raises(TypeError, match="JSON"):
-        pm.save_adapter(lora_bert(), tmp_path / "b.safetensors", {"dtype": torch.float32})
-    path = pm.save_adapter(lora_bert(), tmp_path / "c.safetensors")  # no config
+def test_adapter_saved_without_config_loads_with_an_empty_one(tmp_path):
+    path = pm.save_adapter(lora_bert(), tmp_path / "c.safetensors")
     assert pm.load_adapter(lora_bert(), path) == {}
 
 
@@ -574,17 +457,77 @@ def test_the_shipped_full_comparison_is_the_recorded_run_in_docs():
         assert float(row.group(1)) == round(accuracy, 3), method
 
 
-def test_compare_methods_rejects_empty_inputs(tiny_classifiers):
-    methods = pm.standard_methods(lora_ranks=(2,))
-    args = (TEXTS, LABELS, TEXTS, LABELS, 3)
-    with pytest.raises(ValueError, match="methods is empty"):
-        pm.compare_methods({}, *args)
-    with pytest.raises(ValueError, match="seeds is empty"):
-        pm.compare_methods(methods, *args, seeds=())
-    with pytest.raises(TypeError, match="must be a Method"):
-        pm.compare_methods({"bad": "lora"}, *args, max_steps=1)
+# ---------------------------------------------------------------------------- mistakes that raise
 
 
-def test_summarise_comparison_needs_the_comparison_columns():
-    with pytest.raises(KeyError, match="accuracy"):
-        pm.summarise_comparison(pd.DataFrame({"method": ["a"], "seed": [0]}))
+def saved_lora(directory) -> str:
+    """A LoRA r=4 on query and value (`LORA_CONFIG`), saved under `directory`."""
+    return pm.save_adapter(lora_bert(), directory / "lora.safetensors", LORA_CONFIG)
+
+
+def garbage_file(directory):
+    path = directory / "garbage.safetensors"
+    path.write_bytes(b"not an adapter at all" * 10)
+    return path
+
+
+def peft_lora_r4():
+    return pm.peft_wrap(tiny_bert(), "lora", r=4, lora_alpha=8, target_modules=["query", "value"])
+
+
+# Each mistake a learner makes, the error it raises and what the message must say. Every call
+# gets a fresh temporary directory (for the adapter files).
+BAD_CALLS = [
+    (lambda tmp: pm.LoRALinear(nn.Linear(4, 4), r=0, alpha=4), ValueError,
+     "LoRA rank r must be a positive int, got 0"),
+    (lambda tmp: pm.LoRALinear(nn.Linear(4, 4), r=-2, alpha=4), ValueError, "got -2"),
+    (lambda tmp: pm.LoRALinear(nn.Linear(4, 4), r=2, alpha=0), ValueError,
+     "LoRA alpha must be a positive number"),
+    (lambda tmp: pm.inject_lora(tiny_bert(), ["query"], r=2, alpha=-1.0), ValueError, "alpha"),
+    (lambda tmp: pm.LoRALinear(nn.Linear(4, 4), r=2, alpha=4, dropout=1.0), ValueError,
+     r"dropout must be in \[0, 1\), got 1.0"),
+    (lambda tmp: pm.LoRALinear(nn.Conv1d(4, 4, 1), r=2, alpha=4), TypeError,
+     "LoRALinear wraps an nn.Linear, got Conv1d"),
+    (lambda tmp: pm.find_modules(tiny_bert(), ["query", "querry"]), ValueError,
+     r"target module 'querry' matches no Linear module of the model. Close matches: \[.*'query'"),
+    (lambda tmp: pm.find_modules(tiny_bert(), ["attention"]), ValueError,
+     "'encoder.layer.0.attention' has that name but is a BertAttention, not a Linear"),
+    (lambda tmp: pm.find_modules(tiny_bert(), "query"), ValueError,
+     r"matches no Linear module \(it must match the whole name\)"),
+    (lambda tmp: pm.find_modules(tiny_bert(), r".*nothing\.here"), ValueError, "matches no Linear"),
+    (lambda tmp: pm.find_modules(tiny_bert(), "(query"), ValueError,
+     "not a valid regular expression"),
+    (lambda tmp: pm.find_modules(tiny_bert(), []), ValueError, "non-empty list of module names"),
+    (lambda tmp: pm.merge_lora(tiny_bert()), ValueError, "no LoRALinear layers to merge"),
+    (lambda tmp: pm.peft_wrap(tiny_bert(), "bitfit"), KeyError,
+     "unknown peft method 'bitfit'.*'prefix'"),
+    (lambda tmp: pm.copy_lora_into_peft(lora_bert(r=2, alpha=4), peft_lora_r4()), ValueError,
+     "peft has r=4, scaling=2.0; ours r=2, scaling=2.0"),
+    (lambda tmp: pm.copy_lora_into_peft(lora_bert(alpha=4), peft_lora_r4()), ValueError,
+     "peft has r=4, scaling=2.0; ours r=4, scaling=1.0. Use the same r and alpha"),
+    (lambda tmp: pm.copy_lora_into_peft(lora_bert(targets=("key",)), peft_lora_r4()), KeyError,
+     "no LoRA layer for 'encoder.layer.0.attention.self.key'"),
+    (lambda tmp: pm.save_adapter(pm.freeze(tiny_bert()), tmp / "a.safetensors"), ValueError,
+     "no trainable parameters"),
+    (lambda tmp: pm.save_adapter(lora_bert(), tmp / "b.safetensors", {"dtype": torch.float32}),
+     TypeError, "JSON"),
+    # the adapter of notebook 06: loaded into a LoRA of another rank
+    (lambda tmp: pm.load_adapter(lora_bert(r=2, alpha=4), saved_lora(tmp)), ValueError,
+     r"adapter shapes do not fit the model \(.*lora_A: file \(4, 32\) vs model \(2, 32\).*'r': 4"),
+    (lambda tmp: pm.load_adapter(pm.freeze(tiny_bert()), saved_lora(tmp)), ValueError,
+     r"tensors only in the file \['encoder.layer.0.attention.self.query.lora_A'.*"
+     r"Inject the adapter the file was trained with first"),
+    (lambda tmp: pm.load_adapter(lora_bert(targets=("query", "value", "key")), saved_lora(tmp)),
+     ValueError, r"tensors only in the file \[\], trainable parameters only in the model "
+     r"\['encoder.layer.0.attention.self.key.lora_A'"),
+    (lambda tmp: pm.load_adapter(lora_bert(), garbage_file(tmp)), ValueError,
+     "not a valid safetensors adapter"),
+    (lambda tmp: pm.load_adapter(lora_bert(), tmp / "missing.safetensors"), FileNotFoundError,
+     "missing.safetensors"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "match"), BAD_CALLS)
+def test_mistakes_raise_a_message_that_names_the_fix(call, error, match, tmp_path):
+    with pytest.raises(error, match=match):
+        call(tmp_path)
