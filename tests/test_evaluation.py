@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -330,19 +331,6 @@ def test_word_dropout_and_char_noise_keep_at_least_one_word(seed):
     assert len(ev.perturb(TEXT, "char_noise", 0.5, seed=seed).split()) == len(words)
 
 
-@pytest.mark.parametrize(("args", "error", "match"), [
-    (("x", "typos", 0.1), KeyError, "char_noise"),
-    (("x", "casing", 1.5), ValueError, r"strength must be a number in \[0, 1\]"),
-    (("x", "casing", -0.1), ValueError, "strength"),
-    (("x", "casing", True), ValueError, "strength"),
-    (("x", "casing", "0.5"), ValueError, "strength"),
-    ((["x"], "casing", 0.5), TypeError, "text must be a string"),
-])
-def test_perturb_rejects_bad_arguments(args, error, match):
-    with pytest.raises(error, match=match):
-        ev.perturb(*args)
-
-
 def test_robustness_curve_with_a_keyword_rule():
     calls = []
 
@@ -363,12 +351,6 @@ def test_robustness_curve_with_a_keyword_rule():
     assert (casing["accuracy"] == 0.8).all()  # the rule is case-insensitive
     para = curve[(curve["kind"] == "paraphrase") & (curve["strength"] == 0.9)]["accuracy"]
     assert para.item() < 0.8  # "big" -> "large" breaks the rule
-    with pytest.raises(ValueError, match="5 texts but 4 labels"):
-        ev.robustness_curve(predict, texts, labels[:4], strengths)
-    with pytest.raises(ValueError, match="strengths is empty"):
-        ev.robustness_curve(predict, texts, labels, [])
-    with pytest.raises(KeyError, match="char_noise"):
-        ev.robustness_curve(predict, texts, labels, strengths, kinds=["typos"])
 
 
 # ---------------------------------------------------------------------------- pass@k
@@ -401,16 +383,6 @@ def test_pass_at_k_edge_cases():
     assert ev.pass_at_k(10, 3, 1) == pytest.approx(0.3)
 
 
-@pytest.mark.parametrize(("args", "error"), [
-    ((0, 0, 1), ValueError), ((5, 6, 1), ValueError), ((5, -1, 1), ValueError),
-    ((5, 2, 0), ValueError), ((5, 2, 6), ValueError), ((5.0, 2, 1), TypeError),
-    ((True, 1, 1), TypeError),
-])
-def test_pass_at_k_rejects_bad_arguments(args, error):
-    with pytest.raises(error, match="n"):
-        ev.pass_at_k(*args)
-
-
 def test_pass_at_k_table():
     correct = np.random.default_rng(0).random((6, 10)) < 0.3
     table = ev.pass_at_k_table(correct, [1, 5, 10])
@@ -419,10 +391,6 @@ def test_pass_at_k_table():
         expected = np.mean([1 - math.comb(10 - c, k) / math.comb(10, k) for c in correct.sum(1)])
         assert value == pytest.approx(expected, abs=1e-12)
     assert table[1] == pytest.approx(correct.mean())
-    with pytest.raises(ValueError, match="2-D"):
-        ev.pass_at_k_table(correct[0], [1])
-    with pytest.raises(ValueError, match="k <= n"):
-        ev.pass_at_k_table(correct, [11])
 
 
 # ---------------------------------------------------------------------------- BLEU, chrF, ROUGE-L
@@ -556,12 +524,8 @@ def test_swap_words(text, expected):
     assert ev.swap_words(text) == expected
 
 
-def test_swap_words_custom_mapping_and_errors():
+def test_swap_words_custom_mapping():
     assert ev.swap_words("Alice met alice", {"alice": "bob"}) == "Bob met bob"
-    with pytest.raises(ValueError, match="mapping is empty"):
-        ev.swap_words("he", {})
-    with pytest.raises(TypeError, match="text must be a string"):
-        ev.swap_words(["he"])
 
 
 def test_replace_spans():
@@ -569,9 +533,6 @@ def test_replace_spans():
     assert ev.replace_spans(text, [(10, 13), (0, 5)], "X") == "X met X in Paris"
     assert ev.replace_spans(text, [], "X") == text
     assert ev.replace_spans(text, [(17, 22)], "Rome") == "Alice met Bob in Rome"
-    for spans in ([(0, 5), (3, 8)], [(5, 5)], [(20, 30)], [(-1, 2)]):
-        with pytest.raises(ValueError, match="bad or overlapping span"):
-            ev.replace_spans(text, spans, "X")
 
 
 def test_replace_spans_with_a_mapping_and_substitute_names():
@@ -588,12 +549,6 @@ def test_replace_spans_with_a_mapping_and_substitute_names():
     assert out[1] == "No one here" and out[2].split()[0] in ev.FEMALE_NAMES
     assert out == ev.substitute_names([text, "No one here", "Smith spoke"], [spans, [], [(0, 5)]],
                                       ev.FEMALE_NAMES, seed=3)  # seeded
-    with pytest.raises(ValueError, match="one list per text"):
-        ev.substitute_names([text], [], ev.MALE_NAMES)
-    with pytest.raises(ValueError, match="non-empty list of names"):
-        ev.substitute_names([text], [spans], [])
-    with pytest.raises(KeyError):
-        ev.replace_spans(text, spans, {"Blair": "Ann"})  # no replacement for "Brown"
 
 
 def keyword_proba(word: str):
@@ -612,13 +567,6 @@ def test_counterfactual_table():
     assert table.loc["swapped", "flip_rate"] == pytest.approx(0.5)
     assert table.loc["swapped", "confidence_shift"] == pytest.approx(-0.35)
     assert table.loc["swapped", "mean_abs_shift"] == pytest.approx(0.35)
-    with pytest.raises(ValueError, match="one counterfactual per original"):
-        ev.counterfactual_table(keyword_proba("she"), originals, {"short": swapped[:3]})
-    with pytest.raises(ValueError, match="variants is empty"):
-        ev.counterfactual_table(keyword_proba("she"), originals, {})
-    with pytest.raises(ValueError, match="sums to"):
-        ev.counterfactual_table(lambda texts: np.full((len(texts), 2), 0.7), originals,
-                                {"same": originals})
 
 
 # ---------------------------------------------------------------------------- interpretability
@@ -673,17 +621,6 @@ def test_integrated_gradients_delta_shrinks_with_steps(classifier, bert_tokenize
     assert other.target == 2
 
 
-def test_integrated_gradients_rejects_bad_arguments(classifier, bert_tokenizer):
-    with pytest.raises(ValueError, match=r"target must be a class id in \[0, 3\)"):
-        ev.integrated_gradients(classifier, bert_tokenizer, SENTENCE, target=3)
-    with pytest.raises(ValueError, match="steps must be a positive int"):
-        ev.integrated_gradients(classifier, bert_tokenizer, SENTENCE, steps=0)
-    with pytest.raises(ValueError, match="non-empty string"):
-        ev.integrated_gradients(classifier, bert_tokenizer, "  ")
-    with pytest.raises(TypeError, match="SequenceClassifier"):
-        ev.integrated_gradients(classifier.encoder, bert_tokenizer, SENTENCE)
-
-
 def two_layer_classifier() -> ft.SequenceClassifier:
     config = copy.deepcopy(tiny_classifier().encoder.config)
     config.num_hidden_layers = 2
@@ -721,11 +658,6 @@ def test_randomised_copy():
     other = ev.randomised_copy(model, seed=2).state_dict()
     assert all(torch.equal(v, again[k]) for k, v in everything.state_dict().items())
     assert not torch.equal(other["head.weight"], again["head.weight"])
-    for bad in (2, -1, True):
-        with pytest.raises(ValueError, match=r"top_layers must be an int in \[0, 1\]"):
-            ev.randomised_copy(model, top_layers=bad)
-    with pytest.raises(TypeError, match="SequenceClassifier"):
-        ev.randomised_copy(model.encoder)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -737,8 +669,6 @@ def test_rank_correlation_matches_spearman(seed):
     assert ev.rank_correlation(a, b) == pytest.approx(expected, abs=1e-12)
     assert ev.rank_correlation(a, -a) == pytest.approx(-1.0)
     assert ev.rank_correlation(a, np.ones(30)) == 0.0
-    with pytest.raises(ValueError, match="same length >= 2"):
-        ev.rank_correlation(a, b[:-1])
 
 
 def test_attention_weights(bert_tokenizer):
@@ -750,8 +680,6 @@ def test_attention_weights(bert_tokenizer):
     assert weights.shape == (1, 2, len(tokens), len(tokens))
     torch.testing.assert_close(weights.sum(-1), torch.ones(1, 2, len(tokens)))
     assert weights.min() >= 0
-    with pytest.raises(ValueError, match="non-empty string"):
-        ev.attention_weights(encoder, bert_tokenizer, "")
 
 
 def test_highlight_html():
@@ -760,8 +688,6 @@ def test_highlight_html():
     assert "</span><span" in page  # the word piece is glued to "<b>"
     assert "rgba(34,139,34,0.50)" in page and "rgba(220,20,60,1.00)" in page
     assert page.count("color:#999") == 2
-    with pytest.raises(ValueError, match="2 tokens but 3 scores"):
-        ev.highlight_html(["a", "b"], [1, 2, 3])
 
 
 # ---------------------------------------------------------------------------- LLM judge
@@ -784,10 +710,6 @@ def test_judge_and_pairwise_prompts(judge):
     assert "Correct answer" not in ev.judge_prompt(tokenizer, "what is 2 + 2", "4")
     pair = ev.pairwise_prompt(tokenizer, "what is 2 + 2", "4", "5")
     assert "Answer A: 4\nAnswer B: 5\n" in pair and pair.endswith("<|im_start|>assistant\n")
-    with pytest.raises(ValueError, match="answer must be a non-empty string"):
-        ev.judge_prompt(tokenizer, "what is 2 + 2", " ")
-    with pytest.raises(ValueError, match="second must be a non-empty string"):
-        ev.pairwise_prompt(tokenizer, "what is 2 + 2", "4", "")
 
 
 def test_choice_probability_equals_next_token_probabilities(judge):
@@ -813,17 +735,6 @@ def test_choice_probability_equals_next_token_probabilities(judge):
                                batched, atol=1e-5)
     ab = ev.choice_probability(model, tokenizer, prompts[2:], options=("A", "B"))
     assert ab.shape == (1,) and not np.isclose(ab[0], batched[2])
-
-
-def test_choice_probability_rejects_multi_token_options(judge):
-    model, tokenizer = judge
-    prompts = [ev.judge_prompt(tokenizer, "what is 2", "4")]
-    with pytest.raises(ValueError, match="'Maybe' is not a single token"):  # only the unknown token
-        ev.choice_probability(model, tokenizer, prompts, options=("Maybe", "No"))
-    with pytest.raises(ValueError, match="'Yes please' is not a single token"):
-        ev.choice_probability(model, tokenizer, prompts, options=("Yes please", "No"))
-    with pytest.raises(ValueError, match="options must be two strings"):
-        ev.choice_probability(model, tokenizer, prompts, options=("Yes", "No", "A"))
 
 
 def test_choice_log_odds_is_the_log_ratio_of_the_option_probabilities(judge):
@@ -876,8 +787,6 @@ def test_preference_prompt_asks_about_answer_a(judge):
             "Task: what is 2\nA: 4\nB: 5<|im_end|>\n") in prompt
     assert prompt.endswith("<|im_start|>assistant\n")
     assert "A: 5\nB: 4" in ev.preference_prompt(tokenizer, "what is 2", "5", "4")
-    with pytest.raises(ValueError, match="second must be a non-empty string"):
-        ev.preference_prompt(tokenizer, "what is 2", "4", " ")
 
 
 def test_load_preference_pairs():
@@ -899,10 +808,6 @@ def test_swap_average_cancels_a_constant_position_bias():
     np.testing.assert_allclose(ev.swap_average(biased_ab, biased_ba), opinion)
     # antisymmetric: swapping the two orders flips the sign
     np.testing.assert_allclose(ev.swap_average(biased_ba, biased_ab), -opinion)
-    with pytest.raises(ValueError, match="score_ab has 2 entries but score_ba has 1"):
-        ev.swap_average([1.0, 2.0], [1.0])
-    with pytest.raises(ValueError, match="NaN or inf"):
-        ev.swap_average([1.0, np.nan], [1.0, 2.0])
 
 
 def test_position_bias_by_hand():
@@ -932,10 +837,6 @@ def test_calibrate_threshold_by_hand():
     assert ev.cohen_kappa(labels, (scores > t).astype(int)) == 1.0
     # a judge ranking every answer backwards: no threshold beats chance, "always yes" (kappa 0)
     assert ev.calibrate_threshold([4.0, 3.0, 2.0, 1.0], [0, 0, 1, 1]) == pytest.approx(0.0)
-    with pytest.raises(ValueError, match="0/1"):
-        ev.calibrate_threshold([0.1, 0.2], [0, 2])
-    with pytest.raises(ValueError, match="scores has 3 entries but labels has 2"):
-        ev.calibrate_threshold([0.1, 0.2, 0.3], [0, 1])
 
 
 def test_judge_agreement_by_hand():
@@ -953,8 +854,6 @@ def test_judge_agreement_by_hand():
     assert (result["kappa"], result["low"], result["high"]) == (expected["estimate"], expected["low"],
                                                                   expected["high"])
     assert 0 < result["low"] < result["kappa"] < result["high"] < 1
-    with pytest.raises(ValueError, match="scores has 2 entries but labels has 3"):
-        ev.judge_agreement([0.1, 0.2], [0, 1, 1])
 
 
 def test_fit_bradley_terry_by_hand():
@@ -984,10 +883,6 @@ def test_fit_bradley_terry_finds_the_feature_that_decides():
     rows, labels = np.r_[diff, -diff], np.r_[np.ones(300), np.zeros(300)]
     gradient = w - 1.0 * rows.T @ (labels - special.expit(rows @ w))
     np.testing.assert_allclose(gradient, 0, atol=1e-4)
-    with pytest.raises(ValueError, match="one shape"):
-        ev.fit_bradley_terry(chosen, rejected[:, :2])
-    with pytest.raises(ValueError, match="C"):
-        ev.fit_bradley_terry(chosen, rejected, C=0)
 
 
 def independent_nll(model, tokenizer, texts, max_length=256):
@@ -1016,7 +911,7 @@ def test_perplexity_equals_mean_token_nll(judge):
     assert cut["nll"] == pytest.approx(independent_nll(model, tokenizer, texts, 3)[0], abs=1e-5)
     with pytest.raises(ValueError, match="single token"):
         ev.perplexity(model, tokenizer, ["Yes", "No"])
-    with pytest.raises(ValueError, match="max_length must be an int >= 2"):
+    with pytest.raises(ValueError, match="max_length < 2"):  # every text cut to one token
         ev.perplexity(model, tokenizer, texts, max_length=1)
 
 
@@ -1030,8 +925,6 @@ def test_markdown_table():
     named = frame.set_index("model").rename_axis("name")
     lines = ev.markdown_table(named, digits=1).splitlines()
     assert lines[0] == "| name | accuracy | n |" and lines[2] == "| a\\|b | 0.1 | 3 |"
-    with pytest.raises(TypeError, match="expected a pandas DataFrame, got dict"):
-        ev.markdown_table({"a": [1]})
 
 
 def test_model_card(tmp_path):
@@ -1050,10 +943,6 @@ def test_model_card(tmp_path):
         ev.model_card("Card", {"Bad": 3}, tmp_path)
     with pytest.raises(TypeError, match="must be a str, a list of str"):
         ev.model_card("Card", {"Bad": ["ok", 1]}, tmp_path)
-    with pytest.raises(ValueError, match="sections is empty"):
-        ev.model_card("Card", {}, tmp_path)
-    with pytest.raises(ValueError, match="title must be a non-empty string"):
-        ev.model_card(" ", sections, tmp_path)
 
 
 # ---------------------------------------------------------------------------- bad inputs
@@ -1062,67 +951,114 @@ GOOD_PROBS = [[0.7, 0.3], [0.4, 0.6]]
 NAN = float("nan")
 
 
-@pytest.mark.parametrize(("call", "error", "match"), [
+BAD_CALLS = [
+    # the error table of notebook 10, message for message
+    (lambda: ev.confusion_matrix([0, 1, 2], [0, 1]), ValueError, re.escape(
+        "y_true has 3 entries but y_pred has 2: pass one prediction per example, in the same order")),
+    (lambda: ev.macro_f1([], []), ValueError, "^y_true is empty: evaluate on at least one example$"),
+    (lambda: ev.expected_calibration_error([[0.5, 0.6], [0.2, 0.8]], [0, 1]), ValueError, re.escape(
+        "row 0 of probs sums to 1.100000, not 1: pass softmax probabilities (or use "
+        "evaluation.softmax on logits)")),
+    (lambda: ev.log_loss([[2.0, -1.0]], [0]), ValueError,
+     re.escape("probs must lie in [0, 1]: did you pass logits? apply softmax first")),
+    (lambda: ev.perturb("Shares rose.", "shout", 0.5), KeyError, re.escape(
+        "unknown perturbation 'shout': choose one of ('char_noise', 'word_dropout', 'casing', "
+        "'paraphrase')")),
+    (lambda: ev.bleu(["a b c"], []), ValueError,
+     "^1 predictions but 0 references: pass one reference per prediction$"),
+    (lambda: ev.pass_at_k(5, 2, 10), ValueError, re.escape(
+        "need n >= 1, 0 <= c <= n and 1 <= k <= n (draw at least k samples per problem), got n=5, "
+        "c=2, k=10")),
     # length mismatches
     (lambda: ev.confusion_matrix([0, 1], [0]), ValueError, "one prediction per example"),
-    (lambda: ev.confusion_matrix([0, 1, 1], [0, 1]), ValueError, "y_true has 3 entries"),
     (lambda: ev.macro_f1([0], [0, 1]), ValueError, "y_pred has 2"),
     (lambda: ev.cohen_kappa([0, 1], [1]), ValueError, "a has 2 entries but b has 1"),
     (lambda: ev.mcnemar([0, 1], [0, 1], [0]), ValueError, "pred_b has 1"),
     (lambda: ev.paired_bootstrap(skm.accuracy_score, [0, 1], [0], [0, 1]), ValueError, "pred_a has 1"),
     (lambda: ev.bootstrap_ci(skm.accuracy_score, [0, 1], [0]), ValueError, "equally long"),
     (lambda: ev.log_loss(GOOD_PROBS, [0, 1, 1]), ValueError, "one row per example"),
+    (lambda: ev.check_probabilities(GOOD_PROBS, 3), ValueError, "2 rows for 3 labels"),
     (lambda: ev.fit_temperature([[1.0, 2.0]], [0, 1]), ValueError, r"shape \(2, classes\)"),
     (lambda: ev.bleu(["a"], ["a", "b"]), ValueError, "one reference per prediction"),
     (lambda: ev.chrf(["a", "b"], ["a"]), ValueError, "one reference per prediction"),
+    (lambda: ev.robustness_curve(len, ["a b", "c d"], [0, 1, 1], [0.5]), ValueError,
+     "2 texts but 3 labels"),
+    (lambda: ev.counterfactual_table(keyword_proba("she"), ["he runs", "he sings"],
+                                     {"short": ["she runs"]}), ValueError,
+     "group 'short' has 1 texts for 2 originals: keep one counterfactual per original"),
+    (lambda: ev.swap_average([1.0, 2.0], [1.0]), ValueError, "score_ab has 2 entries but score_ba has 1"),
+    (lambda: ev.position_bias([1.0], [1.0, 2.0]), ValueError, "score_ba has 2"),
+    (lambda: ev.calibrate_threshold([0.1, 0.2, 0.3], [0, 1]), ValueError, "got 3 scores and 2 labels"),
+    (lambda: ev.judge_agreement([0.1, 0.2], [0, 1, 1]), ValueError, "got 2 scores and 3 labels"),
+    (lambda: ev.fit_bradley_terry(np.ones((4, 3)), np.ones((4, 2))), ValueError, "one shape"),
+    (lambda: ev.rank_correlation([1, 2, 3], [1, 2]), ValueError, "same length >= 2"),
     # empty inputs
     (lambda: ev.confusion_matrix([], []), ValueError, "y_true is empty"),
     (lambda: ev.per_class_report([], []), ValueError, "is empty"),
     (lambda: ev.log_loss(np.zeros((0, 2)), []), ValueError, "is empty"),
     (lambda: ev.expected_calibration_error(np.zeros((0, 2)), [0]), ValueError, "examples > 0"),
     (lambda: ev.bootstrap_ci(skm.accuracy_score, [], []), ValueError, "non-empty"),
-    (lambda: ev.bootstrap_ci(skm.accuracy_score), ValueError, "pass the per-example arrays"),
+    (lambda: ev.bootstrap_ci(skm.accuracy_score), ValueError, "per-example arrays"),
     (lambda: ev.bleu([], []), ValueError, "predictions is empty"),
     (lambda: ev.chrf([], []), ValueError, "predictions is empty"),
     (lambda: ev.softmax(np.zeros((0, 3))), ValueError, "examples > 0"),
-    (lambda: ev.robustness_curve(len, [], [], [0.1]), ValueError, "texts is empty"),
-    # probabilities that are not distributions
+    (lambda: ev.robustness_curve(len, [], [], [0.1]), ValueError, "is empty"),
+    (lambda: ev.pass_at_k_table(np.ones(5, dtype=bool), [1]), ValueError, "2-D"),
+    (lambda: ev.swap_average([], []), ValueError, "non-empty 1-D array"),
+    *[(lambda kind=kind: ev.perturb("  ", kind, 0.5), ValueError, "nothing to perturb")
+      for kind in ev.PERTURBATIONS],
+    # probabilities that are not distributions, scores that are not numbers
     (lambda: ev.log_loss([[0.5, 0.6], [0.5, 0.5]], [0, 1]), ValueError, "row 0 of probs sums to"),
     (lambda: ev.reliability_table([[0.5, 0.5], [0.2, 0.2]], [0, 1]), ValueError, "row 1 .*sums to"),
     (lambda: ev.expected_calibration_error([[0.3, 0.3]], [0]), ValueError, "sums to 0.6"),
-    (lambda: ev.check_probabilities(GOOD_PROBS, 3), ValueError, "2 rows but there are 3"),
-    (lambda: ev.log_loss([[2.0, -1.0]], [0]), ValueError, "did you pass logits"),
+    (lambda: ev.counterfactual_table(lambda texts: np.full((len(texts), 2), 0.7), ["he runs"],
+                                     {"same": ["he runs"]}), ValueError, "sums to 1.4"),
     (lambda: ev.expected_calibration_error([[3.0, 1.5]], [0]), ValueError, "apply softmax"),
     (lambda: ev.log_loss([0.5, 0.5], [0]), ValueError, "shape"),
     (lambda: ev.log_loss([[1.0]], [0]), ValueError, "classes >= 2"),
-    (lambda: ev.log_loss(GOOD_PROBS, [0, 2]), ValueError, "only 2 columns"),
-    # 2-D labels, strings, NaN, wrong types
+    (lambda: ev.log_loss([[NAN, 0.5], [0.5, 0.5]], [0, 1]), ValueError, "NaN or inf"),
+    (lambda: ev.swap_average([1.0, np.nan], [1.0, 2.0]), ValueError, "finite scores"),
+    # labels that are not class ids: logits, strings, fractions, NaN, negatives
     (lambda: ev.confusion_matrix([[0, 1]], [[0, 1]]), ValueError, r"1-D .*argmax\(-1\)"),
     (lambda: ev.log_loss(GOOD_PROBS, np.array(GOOD_PROBS)), ValueError, "1-D"),
-    (lambda: ev.confusion_matrix("01", [0, 1]), TypeError, "not a string"),
-    (lambda: ev.cohen_kappa(["yes", "no"], [0, 1]), TypeError, "integer class ids"),
-    (lambda: ev.confusion_matrix([0, NAN], [0, 1]), TypeError, "integer class ids"),
-    (lambda: ev.confusion_matrix([0, 1.5], [0, 1]), TypeError, "integer class ids"),
-    (lambda: ev.confusion_matrix([0, -1], [0, 1]), ValueError, "negative class ids"),
-    (lambda: ev.log_loss([[NAN, 0.5], [0.5, 0.5]], [0, 1]), ValueError, "NaN or inf"),
-    (lambda: ev.softmax([[NAN, 0.0]]), ValueError, "NaN or inf"),
-    (lambda: ev.fit_temperature([[np.inf, 0.0]], [0]), ValueError, "NaN or inf"),
-    (lambda: ev.bleu("a cat", "a cat"), TypeError, "list of strings"),
-    (lambda: ev.chrf(["a"], [None]), TypeError, r"references\[0\] is a NoneType"),
-    (lambda: ev.rouge_l("a", 3), TypeError, "not a string"),
-    (lambda: ev.counterfactual_table(len, "he runs", {"x": ["she runs"]}), TypeError,
-     "originals must be a list"),
-    # other bad arguments
-    (lambda: ev.confusion_matrix([0, 3], [0, 1], n_classes=3), ValueError, "n_classes=3"),
-    (lambda: ev.bleu(["a"], ["a"], smooth="add-k"), ValueError, "smooth must be 'exp' or 'none'"),
-    (lambda: ev.softmax([[1.0, 2.0]], temperature=0), ValueError, "temperature must be"),
-    (lambda: ev.reliability_table(GOOD_PROBS, [0, 1], n_bins=0), ValueError, "n_bins"),
+    (lambda: ev.confusion_matrix("01", [0, 1]), ValueError, "1-D"),
+    (lambda: ev.cohen_kappa(["yes", "no"], [0, 1]), ValueError, "class ids 0, 1, 2"),
+    (lambda: ev.confusion_matrix([0, NAN], [0, 1]), ValueError, "whole numbers >= 0"),
+    (lambda: ev.confusion_matrix([0, 1.5], [0, 1]), ValueError, "whole numbers >= 0"),
+    (lambda: ev.confusion_matrix([0, -1], [0, 1]), ValueError, "whole numbers >= 0"),
+    (lambda: ev.calibrate_threshold([0.1, 0.2], [0, 2]), ValueError, "0/1 label"),
+    # settings given on the wrong scale, unknown choices
     (lambda: ev.bootstrap_ci(skm.accuracy_score, [0], [0], n_resamples=5), ValueError, "n_resamples"),
     (lambda: ev.bootstrap_ci(skm.accuracy_score, [0], [0], confidence=95), ValueError, "such as 0.95"),
-    (lambda: ev.bootstrap_ci("accuracy", [0], [0]), TypeError, "metric must be a function"),
-    (lambda: ev.paired_bootstrap(skm.accuracy_score, [0], [0], [0], n_resamples=True), ValueError,
-     "n_resamples"),
-])
+    (lambda: ev.paired_bootstrap(skm.accuracy_score, [0], [0], [0], confidence=95), ValueError,
+     "such as 0.95"),
+    (lambda: ev.softmax([[1.0, 2.0]], temperature=0), ValueError, "temperature > 0"),
+    (lambda: ev.perturb("x", "casing", 1.5), ValueError, r"strength must be in \[0, 1\]"),
+    (lambda: ev.perturb("x", "casing", -0.1), ValueError, "strength"),
+    (lambda: ev.robustness_curve(len, ["a b"], [0], [0, 30]), ValueError, "strength"),
+    (lambda: ev.robustness_curve(lambda texts: [0] * len(texts), ["a b"], [0], [0.5], kinds=["typos"]),
+     KeyError, "char_noise"),
+    *[(lambda args=args: ev.pass_at_k(*args), ValueError, "need n >= 1")
+      for args in [(0, 0, 1), (5, 6, 1), (5, -1, 1), (5, 2, 0), (5, 2, 6)]],
+    (lambda: ev.pass_at_k_table(np.ones((2, 10), dtype=bool), [11]), ValueError, "k <= n"),
+    (lambda: ev.bleu(["a"], ["a"], smooth="add-k"), ValueError, "smooth must be 'exp' or 'none'"),
+    (lambda: ev.bleu("a cat", "a cat"), TypeError, "lists of strings"),
+    (lambda: ev.choice_log_odds(None, word_chat_tokenizer(JUDGE_WORDS), ["Yes"], options=("Maybe", "No")),
+     ValueError, "'Maybe' is not a single token"),  # only the unknown token
+    (lambda: ev.choice_log_odds(None, word_chat_tokenizer(JUDGE_WORDS), ["Yes"],
+                                options=("Yes please", "No")), ValueError, "'Yes please' is not a single"),
+    # spans and models that do not fit
+    *[(lambda spans=spans: ev.replace_spans("Alice met Bob in Paris", spans, "X"), ValueError,
+       "bad or overlapping span") for spans in ([(0, 5), (3, 8)], [(5, 5)], [(20, 30)], [(-1, 2)])],
+    (lambda: ev.replace_spans("Blair met Brown", [(0, 5), (10, 15)], {"Blair": "Ann"}), KeyError,
+     "Brown"),  # no replacement for "Brown"
+    (lambda: ev.integrated_gradients(tiny_classifier().encoder, None, "x"), TypeError,
+     "SequenceClassifier"),
+    (lambda: ev.randomised_copy(tiny_classifier().encoder), TypeError, "SequenceClassifier"),
+]
+
+
+@pytest.mark.parametrize(("call", "error", "match"), BAD_CALLS)
 def test_bad_inputs_are_rejected_with_a_clear_message(call, error, match):
     with pytest.raises(error, match=match):
         call()
@@ -1145,11 +1081,3 @@ def test_sentence_topics_splits_are_disjoint_and_seeded():
     assert ev.sentence_topics(120, 40, 40, seed=0) == data
     assert ev.sentence_topics(120, 40, 40, seed=1).train_texts != data.train_texts
     assert "train=120" in repr(data)
-    with pytest.raises(ValueError, match="n_val must be a positive int"):
-        ev.sentence_topics(10, 0, 10)
-
-
-@pytest.mark.parametrize("kind", ev.PERTURBATIONS)
-def test_perturb_rejects_blank_text_for_every_kind(kind):
-    with pytest.raises(ValueError, match="nothing to perturb"):
-        ev.perturb("  ", kind, 0.5)
