@@ -73,22 +73,12 @@ class Record:
 
 def records_from_dicts(items: Sequence[Mapping[str, Any]], family: str = "alpaca") -> list[Record]:
     """Alpaca-style dicts (`instruction`, optional `input`, `output`) as `Record`s; a record
-    with a missing field or a non-string value is an error naming its index."""
-    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
-        raise TypeError("items must be a list of {instruction, input, output} dicts")
+    without an instruction or an output is an error naming its index."""
     records = []
     for i, item in enumerate(items):
-        if not isinstance(item, Mapping):
-            raise TypeError(f"record {i} is a {type(item).__name__}, not a dict")
         missing = [key for key in ("instruction", "output") if key not in item]
         if missing:
             raise KeyError(f"record {i} lacks {missing}; every record needs instruction and output")
-        for key in ("instruction", "input", "output"):
-            if key in item and not isinstance(item[key], str):
-                raise TypeError(f"record {i}: {key} must be a string, got "
-                                f"{type(item[key]).__name__}")
-        if not item["instruction"].strip():
-            raise ValueError(f"record {i} has an empty instruction")
         records.append(Record(item["instruction"], item.get("input", ""), item["output"],
                               family, "open-ended"))
     return records
@@ -123,8 +113,6 @@ def chat_prompt(tokenizer, instruction: str, context: str = "") -> str:
     """The user turn `instruction` (followed by `context`, if any) rendered with the
     tokenizer's chat template, ending where the assistant's answer begins: `render_chat` of a
     record with no answer."""
-    if not isinstance(instruction, str) or not instruction.strip():
-        raise ValueError("instruction must be a non-empty string")
     return render_chat(tokenizer, Record(instruction, context, ""), with_answer=False)
 
 
@@ -156,9 +144,8 @@ class Example:
 
 
 def as_records(records: Sequence[Record | Mapping[str, Any]]) -> list[Record]:
-    if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Sequence):
-        raise TypeError("records must be a list of Records (or of {instruction, input, output} "
-                        "dicts)")
+    """`records` as a list of `Record`s (Alpaca-style dicts are read with `records_from_dicts`);
+    an empty list is an error, since every caller would then average over nothing."""
     if not records:
         raise ValueError("records is empty: pass at least one record")
     if all(isinstance(r, Record) for r in records):
@@ -198,8 +185,6 @@ def encode_sft(tokenizer, records: Sequence[Record | Mapping[str, Any]], max_len
     alone exceed `max_length` is an error naming its index.
     """
     records = as_records(records)
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-        raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
     if fmt not in ("chat", "alpaca"):
         raise ValueError(f"fmt must be 'chat' or 'alpaca', got {fmt!r}")
     examples, cut = [], []
@@ -237,16 +222,8 @@ def encode_sft(tokenizer, records: Sequence[Record | Mapping[str, Any]], max_len
     return examples
 
 
-def _check_examples(examples: Sequence[Example]) -> None:
-    if isinstance(examples, Example) or not isinstance(examples, Sequence) or not examples:
-        raise ValueError("examples must be a non-empty list of Examples (from encode_sft)")
-    if not all(isinstance(e, Example) for e in examples):
-        raise TypeError("examples must be Examples, as returned by encode_sft")
-
-
 def pad(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """One right-padded batch: `input_ids`, `attention_mask` and `labels` (-100 on padding)."""
-    _check_examples(examples)
     width = max(len(e) for e in examples)
     batch = {"input_ids": torch.full((len(examples), width), pad_id, dtype=torch.long),
              "attention_mask": torch.zeros((len(examples), width), dtype=torch.long),
@@ -265,11 +242,9 @@ def pack(examples: Sequence[Example], length: int, pad_id: int) -> dict[str, tor
     each example, which is how the model keeps them apart; the unused tail of a row is padding
     with labels -100. No `attention_mask`: passing one would switch the packed mask off.
     """
-    _check_examples(examples)
     longest = max(len(e) for e in examples)
-    if isinstance(length, bool) or not isinstance(length, int) or length < longest:
-        raise ValueError(f"length must be an int >= the longest example ({longest} tokens), "
-                         f"got {length!r}")
+    if length < longest:  # examples are never split
+        raise ValueError(f"length={length} is shorter than the longest example ({longest} tokens)")
     rows: list[list[Example]] = [[]]
     for e in examples:
         if sum(len(x) for x in rows[-1]) + len(e) > length:
@@ -297,9 +272,6 @@ def sft_batches(examples: Sequence[Example], batch_size: int, pad_id: int, packi
     batch, padded to the longest. Packing: `batch_size` rows of `length` tokens each (default:
     the longest example), as many examples per row as fit.
     """
-    _check_examples(examples)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     shuffled = [examples[i] for i in order]
@@ -350,8 +322,7 @@ class AnswerOnlyLM(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
-            raise TypeError("AnswerOnlyLM wraps a causal LM with an output layer "
-                            "(AutoModelForCausalLM)")
+            raise TypeError("AnswerOnlyLM wraps a causal LM with an output layer (AutoModelForCausalLM)")
         self.model = model
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -385,8 +356,6 @@ def answer_nll(model, tokenizer, records: Sequence[Record | Mapping[str, Any]],
     Examples are sorted by length and padded per batch, so little compute goes to padding.
     """
     records = as_records(records)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     examples = encode_sft(tokenizer, records, max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
@@ -416,23 +385,6 @@ def answer_nll(model, tokenizer, records: Sequence[Record | Mapping[str, Any]],
 # ------------------------------------------------------------------------------ answering
 
 
-def _check_decoding(do_sample: bool, temperature: float, top_k: int | None, top_p: float | None,
-                    repetition_penalty: float) -> None:
-    if not isinstance(do_sample, bool):
-        raise TypeError(f"do_sample must be True or False, got {do_sample!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (for greedy decoding use do_sample=False), "
-                         f"got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int or None (no limit), got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                              or not 0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
-    if (isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, (int, float))
-            or not repetition_penalty > 0):
-        raise ValueError(f"repetition_penalty must be > 0 (1.0: none), got {repetition_penalty!r}")
-
-
 @torch.no_grad()
 def answer(model, tokenizer, records: Sequence[Record | Mapping[str, Any]], max_new_tokens: int = 32,
            batch_size: int = 16, *, do_sample: bool = False, temperature: float = 1.0,
@@ -447,9 +399,9 @@ def answer(model, tokenizer, records: Sequence[Record | Mapping[str, Any]], max_
     length and left-padded in batches, so little compute goes to padding.
     """
     records = as_records(records)
-    _check_decoding(do_sample, temperature, top_k, top_p, repetition_penalty)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if do_sample and not (temperature > 0 and (top_p is None or 0 < top_p <= 1)):
+        raise ValueError(f"sampling needs temperature > 0 and top_p in (0, 1] or None, got "
+                         f"temperature={temperature}, top_p={top_p} (greedy: do_sample=False)")
     prompts = [render_chat(tokenizer, r, with_answer=False) for r in records]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     options = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,

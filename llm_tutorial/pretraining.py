@@ -34,15 +34,6 @@ IGNORE_INDEX = -100  # PyTorch's cross-entropy skips targets equal to this
 # --------------------------------------------------------------------------- masking
 
 
-def _check_ids(input_ids: torch.Tensor, name: str = "input_ids") -> None:
-    if not isinstance(input_ids, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(input_ids).__name__}")
-    if input_ids.dtype != torch.long:
-        raise TypeError(f"{name} must hold token ids as torch.long, got {input_ids.dtype}: use .long()")
-    if input_ids.numel() == 0:
-        raise ValueError(f"{name} is empty")
-
-
 def mask_tokens(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, vocab_size: int,
                 mask_token_id: int, mlm_probability: float = 0.15,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,16 +45,10 @@ def mask_tokens(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, voca
     the time, so the model cannot learn that only ``[MASK]`` positions matter. ``labels`` hold
     the original id at selected positions and ``-100`` (ignored by the loss) everywhere else.
     """
-    _check_ids(input_ids)
-    if not isinstance(special_tokens_mask, torch.Tensor) or special_tokens_mask.shape != input_ids.shape:
-        raise ValueError("special_tokens_mask must be a tensor with the same shape as input_ids "
-                         "(True/1 at [CLS], [SEP], [PAD] and other special tokens)")
+    if special_tokens_mask.shape != input_ids.shape:  # a (T,) mask would broadcast over the rows
+        raise ValueError(f"special_tokens_mask {tuple(special_tokens_mask.shape)} != input_ids {tuple(input_ids.shape)}")
     if not 0.0 < mlm_probability < 1.0:
         raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
-    if vocab_size <= 0:
-        raise ValueError(f"vocab_size must be positive, got {vocab_size}")
-    if not 0 <= mask_token_id < vocab_size:
-        raise ValueError(f"mask_token_id {mask_token_id} is outside the vocabulary [0, {vocab_size})")
 
     def coin(p: float) -> torch.Tensor:
         return torch.rand(input_ids.shape, generator=generator) < p
@@ -87,8 +72,6 @@ def masking_rates(input_ids: torch.Tensor, masked_input_ids: torch.Tensor, label
     ordinary = ~special_tokens_mask.bool()
     selected = labels != IGNORE_INDEX
     n_sel = int(selected.sum())
-    if n_sel == 0:
-        raise ValueError("no token was selected: use more tokens or a larger mlm_probability")
     as_mask = selected & (masked_input_ids == mask_token_id)
     unchanged = selected & (masked_input_ids == input_ids)
     return {
@@ -111,10 +94,6 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     positions. It equals ``F.cross_entropy(logits.view(-1, V), labels.view(-1))``, the loss
     ``BertForMaskedLM`` returns.
     """
-    if logits.shape[:-1] != labels.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} must be labels {tuple(labels.shape)} + (vocab,)")
-    if labels.dtype != torch.long:
-        raise TypeError(f"labels must be torch.long, got {labels.dtype}")
     selected = labels != IGNORE_INDEX
     if not selected.any():
         raise ValueError("no position is selected (all labels are -100): nothing to predict")
@@ -129,10 +108,6 @@ def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor,
     targets drop their first ("the shift"). Padding targets (``attention_mask == 0``) are
     ignored. Equals ``transformers``' ``ForCausalLMLoss`` (what ``GPT2LMHeadModel`` and
     ``LlamaForCausalLM`` return with ``labels=input_ids``) and ``transformer.Transformer``'s loss."""
-    _check_ids(input_ids)
-    if logits.shape[:-1] != input_ids.shape or input_ids.dim() != 2:
-        raise ValueError(f"logits {tuple(logits.shape)} must be input_ids {tuple(input_ids.shape)} "
-                         "+ (vocab,), with input_ids of shape (batch, time)")
     targets = input_ids[:, 1:].clone()
     if attention_mask is not None:
         targets[attention_mask[:, 1:] == 0] = IGNORE_INDEX
@@ -186,13 +161,9 @@ def pack_texts(tokenizer, texts: Sequence[str], block_size: int = 128,
     """Tokenize ``texts``, concatenate them, and cut the stream into ``(N, block_size)`` blocks
     framed as ``[CLS] ... [SEP]`` (no padding is wasted). Documents are separated by ``[SEP]``.
     The last incomplete block is dropped."""
-    if isinstance(texts, str) or not len(texts):
+    if isinstance(texts, str) or not len(texts):  # one string would be read as its characters
         raise ValueError("texts must be a non-empty list of strings")
-    if block_size < 8:
-        raise ValueError(f"block_size must be >= 8, got {block_size}")
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    if cls_id is None or sep_id is None:
-        raise ValueError("the tokenizer needs [CLS] and [SEP] tokens (a BERT-style tokenizer)")
     body = block_size - 2
     stream: list[int] = []
     # verbose=False: documents longer than the model's window are expected here, we cut them
@@ -286,7 +257,7 @@ def pseudo_perplexity(model: nn.Module, tokenizer, texts: Sequence[str], max_len
     :math:`\\mathrm{PPPL} = \\exp\\big(-\\frac{1}{N}\\sum_i \\log p(x_i \\mid x_{\\setminus i})\\big)`.
     It needs one forward pass per token, so use a few short texts. ``model`` returns logits
     over every position (a ``BertForMaskedLM`` or :class:`MaskedPositionsMLM`)."""
-    if isinstance(texts, str) or not len(texts):
+    if isinstance(texts, str) or not len(texts):  # one string would be read as its characters
         raise ValueError("texts must be a non-empty list of strings")
     device = next(model.parameters()).device
     rows, targets, positions = [], [], []
@@ -299,8 +270,6 @@ def pseudo_perplexity(model: nn.Module, tokenizer, texts: Sequence[str], max_len
             rows.append(masked)
             targets.append(int(ids[i]))
             positions.append(i)
-    if not rows:
-        raise ValueError("the texts contain no ordinary tokens to score")
     total = 0.0
     with eval_mode(model):
         for start in range(0, len(rows), batch_size):
@@ -324,7 +293,7 @@ def pseudo_perplexity(model: nn.Module, tokenizer, texts: Sequence[str], max_len
 @torch.no_grad()
 def fill_mask(model: nn.Module, tokenizer, text: str, top_k: int = 5) -> list[tuple[str, float]]:
     """Top-``k`` predictions (token, probability) for the first ``[MASK]`` in ``text``."""
-    if tokenizer.mask_token not in text:
+    if tokenizer.mask_token not in text:  # notebook 03's widget prints this message as you type
         raise ValueError(f"text must contain {tokenizer.mask_token}, e.g. 'The {tokenizer.mask_token} rose.'")
     enc = tokenizer(text, return_tensors="pt").to(next(model.parameters()).device)
     position = int((enc["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0])
@@ -371,8 +340,6 @@ def sop_pairs(documents: Sequence[str], n: int, seed: int = 0) -> list[tuple[str
     in order (label 0) or swapped (label 1). Unlike NSP, topic cannot give the answer away."""
     rng = random.Random(seed)
     docs = [s for s in (nsp_sentences(d) for d in documents) if len(s) >= 2]
-    if not docs:
-        raise ValueError("need at least one document with two or more sentences")
     pairs = []
     for _ in range(n):
         sents = rng.choice(docs)

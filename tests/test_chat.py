@@ -27,15 +27,11 @@ def _ids(tok, text):
 # ------------------------------------------------------------------------------ records, rendering
 
 
-def test_records_from_dicts_names_the_bad_record():
+def test_records_from_dicts():
     [record] = chat.records_from_dicts([{"instruction": "a", "output": "b"}])
     assert record == Record("a", "", "b", "alpaca", "open-ended")
-    with pytest.raises(KeyError, match="record 1 lacks \\['output'\\]"):
-        chat.records_from_dicts([{"instruction": "a", "output": "b"}, {"instruction": "c"}])
-    with pytest.raises(TypeError, match="record 0: output must be a string, got int"):
-        chat.records_from_dicts([{"instruction": "a", "output": 3}])
-    with pytest.raises(TypeError, match="record 0 is a str"):
-        chat.records_from_dicts(["x"])
+    [record] = chat.records_from_dicts([{"instruction": "a", "input": "c", "output": "b"}], "mine")
+    assert record == Record("a", "c", "b", "mine", "open-ended")
 
 
 def test_render_alpaca_and_chat():
@@ -58,8 +54,6 @@ def test_chat_prompt_ends_where_the_answer_begins(tok):
     prompt = chat.chat_prompt(tok, "say hi", "hello")
     assert prompt == "<|im_start|>user\nsay hi\n\nhello<|im_end|>\n<|im_start|>assistant\n"
     assert prompt == chat.render_chat(tok, Record("say hi", "hello", "anything"), with_answer=False)
-    with pytest.raises(ValueError, match="instruction"):
-        chat.chat_prompt(tok, "  ")
 
 
 # ------------------------------------------------------------------------------ SFT examples
@@ -106,24 +100,6 @@ def test_long_inputs_are_cut_from_the_left_never_the_answer(tok):
         [fits] = chat.encode_sft(tok, [only_without_input], max_length=40)
     assert fits.truncated and len(fits) == 40  # the whole input had to go
     assert not {"one", "two", "three", "four", "five"} & set(tok.decode(fits.input_ids).split())
-    too_long = Record("say hi", "", " ".join(["hello"] * 60))
-    with pytest.raises(ValueError, match="record 1: its instruction and answer alone"):
-        chat.encode_sft(tok, [SFT_RECORDS[0], too_long], max_length=40)
-
-
-def test_encode_sft_rejects_bad_arguments(tok):
-    with pytest.raises(ValueError, match="records is empty"):
-        chat.encode_sft(tok, [])
-    with pytest.raises(TypeError, match="list of Records"):
-        chat.encode_sft(tok, SFT_RECORDS[0])
-    with pytest.raises(TypeError, match="all be Records or all dicts"):
-        chat.encode_sft(tok, [SFT_RECORDS[0], {"instruction": "a", "output": "b"}])
-    with pytest.raises(KeyError, match="record 0 lacks \\['output'\\]"):
-        chat.encode_sft(tok, [{"instruction": "a"}])
-    with pytest.raises(ValueError, match="max_length"):
-        chat.encode_sft(tok, SFT_RECORDS, max_length=1)
-    with pytest.raises(ValueError, match="fmt must be"):
-        chat.encode_sft(tok, SFT_RECORDS, fmt="llama")
 
 
 def test_pad_and_pack_lay_out_the_same_tokens(tok):
@@ -143,10 +119,7 @@ def test_pad_and_pack_lay_out_the_same_tokens(tok):
     assert chat.batch_stats([padded])["real"] == chat.batch_stats([packed])["real"]
     assert chat.batch_stats([padded])["loss"] == chat.batch_stats([packed])["loss"]
     assert chat.batch_stats([packed])["examples"] == 6
-    with pytest.raises(ValueError, match="longest example"):
-        chat.pack(examples, longest - 1, tok.pad_token_id)
-    with pytest.raises(TypeError, match="Examples"):
-        chat.pad([{"input_ids": [1]}], 0)
+    assert chat.pack(examples, longest, tok.pad_token_id)["input_ids"].shape[1] == longest
 
 
 def test_packing_gives_the_padded_loss(tok):
@@ -175,8 +148,6 @@ def test_sft_batches_cover_every_example_once(tok):
         assert all(len(b["input_ids"]) <= 4 for b in batches)
         again = chat.sft_batches(examples, 4, tok.pad_token_id, packing=packing, length=64, seed=1)
         assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(batches, again, strict=True))
-    with pytest.raises(ValueError, match="batch_size"):
-        chat.sft_batches(examples, 0, tok.pad_token_id)
 
 
 # ------------------------------------------------------------------------------ the answer-only loss
@@ -189,12 +160,6 @@ def test_answer_only_loss_equals_the_full_lm_loss(tok):
     assert ours.item() == pytest.approx(model(**batch).loss.item(), abs=1e-5)
     ours.backward()
     assert model.lm_head.weight.grad is not None
-    with pytest.raises(ValueError, match="labels"):
-        chat.AnswerOnlyLM(model)(batch["input_ids"], batch["attention_mask"])
-    bert = BertForMaskedLM(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1,
-                                      num_attention_heads=2, intermediate_size=16))
-    with pytest.raises(TypeError, match="causal LM"):
-        chat.AnswerOnlyLM(bert.bert)
 
 
 def test_answer_nll_is_the_answer_only_loss_per_record_and_overall(tok):
@@ -212,8 +177,6 @@ def test_answer_nll_is_the_answer_only_loss_per_record_and_overall(tok):
         assert value == pytest.approx(alone, rel=1e-5)
     total = sum(value * n for value, n in pairs) / sum(n for _, n in pairs)
     assert total == pytest.approx(whole, rel=1e-5)
-    with pytest.raises(ValueError, match="batch_size"):
-        chat.answer_nll(model, tok, SFT_RECORDS, batch_size=0)
 
 
 def test_answer_nll_leaves_the_training_mode_as_it_found_it(tok):
@@ -238,10 +201,51 @@ def test_answer_keeps_order_and_sampling_is_seeded(tok):
     assert model.training and tok.padding_side == "right"  # left as they were found
 
 
-@pytest.mark.parametrize("options, match", [
-    ({"temperature": 0}, "temperature must be > 0"), ({"top_k": 0}, "top_k"),
-    ({"top_p": 1.5}, "top_p"), ({"repetition_penalty": -1}, "repetition_penalty"),
-    ({"do_sample": "yes"}, "do_sample"), ({"max_new_tokens": 0}, "max_new_tokens")])
-def test_answer_rejects_bad_decoding_options(tok, options, match):
-    with pytest.raises((ValueError, TypeError), match=match):
-        chat.answer(None, tok, SFT_RECORDS[:1], **options)
+# ------------------------------------------------------------------------------ mistakes
+
+
+class _AnswerFirstTemplate:
+    """A chat template that writes the answer before the question: the prompt alone is then
+    not a prefix of prompt + answer, and masking the prompt would mask the wrong tokens."""
+
+    eos_token = None
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return "\n".join(m["content"] for m in reversed(messages))
+
+
+def _bert_encoder():
+    """A BERT encoder without its MLM head: no output layer to score answers with."""
+    return BertForMaskedLM(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1,
+                                      num_attention_heads=2, intermediate_size=16)).bert
+
+
+BAD_CALLS = [  # (call, error, message): each mistake is named, with its fix
+    (lambda tok: chat.records_from_dicts([{"instruction": "a", "output": "b"}, {"instruction": "c"}]),
+     KeyError, r"record 1 lacks \['output'\]; every record needs instruction and output"),
+    (lambda tok: chat.encode_sft(tok, []), ValueError, "records is empty"),
+    (lambda tok: chat.encode_sft(tok, [SFT_RECORDS[0], {"instruction": "a", "output": "b"}]),
+     TypeError, r"all be Records or all dicts, got \['Record', 'dict'\]"),
+    (lambda tok: chat.encode_sft(tok, SFT_RECORDS, fmt="llama"), ValueError,
+     "fmt must be 'chat' or 'alpaca', got 'llama'"),
+    (lambda tok: chat.encode_sft(_AnswerFirstTemplate(), SFT_RECORDS), ValueError,
+     "prompt is not a prefix of prompt \\+ answer; use fmt='alpaca'"),
+    (lambda tok: chat.encode_sft(tok, [SFT_RECORDS[0], Record("say hi", "", " ".join(["hello"] * 60))],
+                                 max_length=40),
+     ValueError, "record 1: its instruction and answer alone take more than max_length=40 tokens"),
+    (lambda tok: chat.pack(chat.encode_sft(tok, SFT_RECORDS[:1]), 5, tok.pad_token_id), ValueError,
+     r"length=5 is shorter than the longest example \(\d+ tokens\)"),
+    (lambda tok: chat.AnswerOnlyLM(tiny_llama(tok))(torch.tensor([[2, 5, 6]])), ValueError,
+     "AnswerOnlyLM needs labels"),
+    (lambda tok: chat.AnswerOnlyLM(_bert_encoder()), TypeError, "causal LM with an output layer"),
+    (lambda tok: chat.answer(None, tok, SFT_RECORDS[:1], do_sample=True, temperature=0), ValueError,
+     "sampling needs temperature > 0 .* got temperature=0, top_p=None"),
+    (lambda tok: chat.answer(None, tok, SFT_RECORDS[:1], do_sample=True, top_p=1.5), ValueError,
+     "sampling needs .* top_p in \\(0, 1\\] or None, got temperature=1.0, top_p=1.5"),
+]
+
+
+@pytest.mark.parametrize("call, error, match", BAD_CALLS, ids=range(len(BAD_CALLS)))
+def test_mistakes_are_named_with_their_fix(tok, call, error, match):
+    with pytest.raises(error, match=match):
+        call(tok)

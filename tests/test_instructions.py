@@ -123,8 +123,6 @@ def test_template_splits_are_disjoint():
         assert r.template < len(ins.FAMILIES[r.family].templates) - 1
     for r in held:
         assert r.template == len(ins.FAMILIES[r.family].templates) - 1
-    with pytest.raises(ValueError, match="templates must be one of"):
-        next(ins.stream(templates="test"))
 
 
 def test_family_split_is_disjoint_reproducible_and_covers_kinds():
@@ -132,17 +130,6 @@ def test_family_split_is_disjoint_reproducible_and_covers_kinds():
     assert set(train).isdisjoint(held) and set(train) | set(held) == set(ins.FAMILIES)
     assert len(held) == 8 and ins.split_families(8, seed=0) == (train, held)
     assert len({ins.FAMILIES[n].kind for n in held}) == 8
-    with pytest.raises(ValueError, match="n_heldout"):
-        ins.split_families(0)
-
-
-def test_unknown_family_lists_the_known_ones():
-    with pytest.raises(KeyError, match="unknown instruction family 'reverse'.*reverse_word"):
-        ins.get_family("reverse")
-    with pytest.raises(KeyError, match="known families"):
-        ins.take(1, ["add", "nope"])
-    with pytest.raises(ValueError, match="families is empty"):
-        ins.take(1, [])
 
 
 def test_the_vendored_set_loads_as_records():
@@ -177,8 +164,6 @@ def test_score_applies_each_verifier():
     table = ins.score(records, ["It is 42.", "London"])
     assert table["correct"].tolist() == [True, False]
     assert list(table.columns[:2]) == ["family", "kind"]
-    with pytest.raises(ValueError, match="one answer per record"):
-        ins.score(records, ["42"])
 
 
 def test_family_breakdown_tells_a_habit_from_a_skill():
@@ -198,10 +183,6 @@ def test_family_breakdown_tells_a_habit_from_a_skill():
     assert skill["above constant"] == pytest.approx(1 / 3)
     exact = ins.score([Record("Shout: hi", "", "HI", "uppercase", verifier="exact")] * 2, ["HI", "HI"])
     assert ins.family_breakdown(exact).loc["uppercase", "constant exact match"] == 1.0  # as written
-    with pytest.raises(KeyError, match=r"lacks the columns \['verifier'\]"):
-        ins.family_breakdown(table.drop(columns="verifier"))
-    with pytest.raises(ValueError, match="no rows"):
-        ins.family_breakdown(table.iloc[:0])
 
 
 def test_evaluation_splits_ask_three_questions():
@@ -215,8 +196,6 @@ def test_evaluation_splits_ask_three_questions():
     assert all(r.template == len(ins.FAMILIES[r.family].templates) - 1 for r in new_wording)
     assert seen == ins.take(30, train, seed=101)  # seeds apart from the training stream's 0
     assert splits == ins.evaluation_splits(train, held, 30)
-    with pytest.raises(ValueError, match=r"\['add'\] are both trained on and held out"):
-        ins.evaluation_splits(train, held + ["add"], 5)
 
 
 def test_evaluate_splits_scores_each_split_as_one_pass_would(tok):
@@ -227,10 +206,6 @@ def test_evaluate_splits_scores_each_split_as_one_pass_would(tok):
     together = ins.answer_and_score(model, tok, SFT_RECORDS[:5], 3, batch_size=2)
     assert tables["b"]["prediction"].tolist() == together["prediction"].tolist()[2:]
     assert tables["b"].index.tolist() == [0, 1, 2] and set(tables["a"]["split"]) == {"a"}
-    with pytest.raises(ValueError, match=r"splits \['b'\] have no records"):
-        ins.evaluate_splits(model, tok, {"a": SFT_RECORDS[:1], "b": []})
-    with pytest.raises(TypeError, match="non-empty dict"):
-        ins.evaluate_splits(model, tok, SFT_RECORDS)
 
 
 def test_answers_and_nll_in_one_pass_match_the_two_passes(tok):
@@ -251,10 +226,6 @@ def test_answers_and_nll_in_one_pass_match_the_two_passes(tok):
     hot = ins.evaluate_splits(model, tok, {"a": records}, 4, batch_size=5, nll=True, do_sample=True,
                               temperature=1.5, seed=3)
     assert hot["a"]["prediction"].tolist() == sampled[0]
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        ins.answers_and_nll(model, tok, records, max_new_tokens=0)
-    with pytest.raises(ValueError, match="temperature"):
-        ins.answers_and_nll(model, tok, records, temperature=-1.0)
 
 
 def pd_list(tables, column):
@@ -275,8 +246,6 @@ def test_majority_answer_is_the_constant_answer_baseline():
     mixed = refusals + words
     assert ins.majority_answer_accuracy(mixed) == pytest.approx(
         (5 + 2 * ins.majority_answer_accuracy(words)) / 7)
-    with pytest.raises(KeyError, match="not a generated family"):
-        ins.majority_answer_accuracy([Record("name a colour", "", "red", "alpaca")])
 
 
 def test_split_summary_reads_exact_match_majority_and_nll(tok):
@@ -295,15 +264,14 @@ def test_split_summary_reads_exact_match_majority_and_nll(tok):
     assert by_family["records"].sum() == 5 and by_family.index.name == "family"
     plain = ins.split_summary(ins.evaluate_splits(model, tok, {"open": SFT_RECORDS[:2]}, 3))
     assert "answer NLL" not in plain.columns and "majority answer" not in plain.columns
-    with pytest.raises(KeyError, match="no column 'nope'"):
-        ins.split_summary(tables, by="nope")
-    with pytest.raises(TypeError, match="non-empty dict"):
-        ins.split_summary({})
+
+
+def _open_records(n=50):
+    return chat.records_from_dicts([{"instruction": f"Say {i}.", "output": str(i)} for i in range(n)])
 
 
 def test_sft_mixture_shares_and_seeds():
-    open_records = chat.records_from_dicts([{"instruction": f"Say {i}.", "output": str(i)}
-                                           for i in range(50)])
+    open_records = _open_records()
     train, _ = ins.split_families(8, seed=0)
     mix = ins.sft_mixture(train, 40, open_records, open_share=0.25, seed=3)
     assert len(mix) == 40 and sum(r.family == "alpaca" for r in mix) == 10
@@ -313,12 +281,6 @@ def test_sft_mixture_shares_and_seeds():
     assert mix == ins.sft_mixture(train, 40, open_records, open_share=0.25, seed=3)
     assert mix != ins.sft_mixture(train, 40, open_records, open_share=0.25, seed=4)
     assert all(r.family != "alpaca" for r in ins.sft_mixture(train, 8, open_share=0))
-    with pytest.raises(ValueError, match="only 50 were given"):
-        ins.sft_mixture(train, 400, open_records, open_share=0.25)
-    with pytest.raises(ValueError, match="open_share"):
-        ins.sft_mixture(train, 40, open_records, open_share=1.0)
-    with pytest.raises(ValueError, match="n must be"):
-        ins.sft_mixture(train, 0, open_records)
 
 
 # ------------------------------------------------------------------------------ tuning
@@ -336,8 +298,6 @@ def test_tune_trains_a_removable_lora(tok):
     assert not any(p.requires_grad for n, p in model.named_parameters() if "lora" not in n)
     with torch.no_grad():
         assert wrapper(**batch).loss.item() < base_loss - 0.2  # 3.81 -> 3.50 when written
-    with pytest.raises(ValueError, match="already has LoRA layers"):
-        ins.tune(model, tok, SFT_RECORDS, steps=1, progress=False)
     pm.remove_lora(model)
     with torch.no_grad():
         assert wrapper(**batch).loss.item() == pytest.approx(base_loss, abs=1e-6)
@@ -349,10 +309,6 @@ def test_family_subsets_are_nested_and_mix_kinds():
     assert [len(s) for s in subsets.values()] == [1, 4, 8, len(train)]
     assert subsets[4] == subsets[8][:4] and sorted(subsets[len(train)]) == sorted(train)
     assert len({ins.FAMILIES[n].kind for n in subsets[8]}) == 8
-    with pytest.raises(ValueError, match="counts must be ints"):
-        ins.family_subsets(train, [0])
-    with pytest.raises(KeyError, match="unknown instruction family"):
-        ins.family_subsets(["nope"], [1])
 
 
 def test_generalisation_curve_runs_and_restores_the_model(tok):
@@ -365,10 +321,60 @@ def test_generalisation_curve_runs_and_restores_the_model(tok):
     assert curve["families"].tolist() == [1, 3] and curve["accuracy"].between(0, 1).all()
     assert (curve["answer NLL"] > 0).all()
     assert not pm.lora_modules(model)
-    with pytest.raises(ValueError, match="held-out families"):
-        ins.generalisation_curve(model, tok, train, ins.take(2, train[:1]), [1], steps=1)
 
 
 def test_small_families_are_cycled_for_the_curve():
     records = ins._take_cycling(40, ["boolean_and"], seed=0)
     assert len(records) == 40 and len(set(records)) == 16
+
+
+# ------------------------------------------------------------------------------ mistakes
+
+TRAIN, HELD = ins.split_families(8, seed=0)
+
+
+def _lora_llama(tok):
+    model = tiny_llama(tok)
+    pm.inject_lora(model, ["q_proj"], r=2)
+    return model
+
+
+BAD_CALLS = [  # (call(tok), error, message): each mistake is named, with its fix
+    (lambda tok: ins.get_family("reverse"), KeyError,
+     "unknown instruction family 'reverse'; known families: .*reverse_word"),
+    (lambda tok: ins.take(1, ["add", "nope"]), KeyError, "unknown instruction family 'nope'"),
+    (lambda tok: ins.family_subsets(["nope"], [1]), KeyError, "unknown instruction family 'nope'"),
+    (lambda tok: ins.majority_answer_accuracy([Record("name a colour", "", "red", "alpaca")]),
+     KeyError, "unknown instruction family 'alpaca'"),  # no stream to find its usual answer in
+    (lambda tok: ins.take(1, []), ValueError, "families is empty"),
+    (lambda tok: next(ins.stream(templates="test")), ValueError,
+     r"templates must be one of \('train', 'heldout', 'all'\), got 'test'"),
+    (lambda tok: ins.verify("x", Record("q", "", "a", verifier="exactly")), KeyError,
+     "unknown verifier 'exactly'; known: .*'exact'"),
+    (lambda tok: ins.split_families(0), ValueError, r"n_heldout must be in \[1, \d+\], got 0"),
+    (lambda tok: ins.split_families(len(ins.FAMILIES)), ValueError, "n_heldout must be in"),
+    (lambda tok: ins.score(SFT_RECORDS[:2], ["42"]), ValueError,
+     "1 predictions for 2 records: pass one answer per record"),
+    (lambda tok: ins.evaluation_splits(TRAIN, HELD + ["add"], 5), ValueError,
+     r"families \['add'\] are both trained on and held out"),
+    (lambda tok: ins.evaluate_splits(None, tok, {"a": SFT_RECORDS[:1], "b": []}), ValueError,
+     r"splits \['b'\] have no records"),
+    (lambda tok: ins.answers_and_nll(None, tok, SFT_RECORDS, temperature=-1.0), ValueError,
+     "temperature must be >= 0"),
+    (lambda tok: ins.sft_mixture(TRAIN, 400, _open_records(), open_share=0.25), ValueError,
+     "open_share=0.25 of 400 records needs 100 open-ended records, 50 given"),
+    (lambda tok: ins.sft_mixture(TRAIN, 40, _open_records(), open_share=1.0), ValueError,
+     r"keep open_share in \[0, 1\)"),
+    (lambda tok: ins.tune(_lora_llama(tok), tok, SFT_RECORDS, steps=1, progress=False), ValueError,
+     "already has LoRA layers: call peft_methods.remove_lora"),
+    (lambda tok: ins.family_subsets(TRAIN, [0]), ValueError, r"counts must be in \[1, \d+\], got \[0\]"),
+    (lambda tok: ins.family_subsets(TRAIN, [len(TRAIN) + 1]), ValueError, "counts must be in"),
+    (lambda tok: ins.generalisation_curve(None, tok, TRAIN, ins.take(2, TRAIN[:1]), [1], steps=1),
+     ValueError, "eval_records come from training families .* evaluate on held-out families"),
+]
+
+
+@pytest.mark.parametrize("call, error, match", BAD_CALLS, ids=range(len(BAD_CALLS)))
+def test_mistakes_are_named_with_their_fix(tok, call, error, match):
+    with pytest.raises(error, match=match):
+        call(tok)

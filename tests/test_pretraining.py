@@ -159,51 +159,6 @@ def test_mask_tokens_does_not_modify_its_input():
     assert torch.equal(ids, before)
 
 
-@pytest.mark.parametrize("p", [0.0, 1.0, -0.1, 1.5, float("nan")])
-def test_mask_tokens_bad_probability(p):
-    ids, special = synthetic_batch(2, 10)
-    with pytest.raises(ValueError, match=r"mlm_probability must be in \(0, 1\)"):
-        pt.mask_tokens(ids, special, VOCAB, MASK, mlm_probability=p)
-
-
-@pytest.mark.parametrize("bad", [torch.zeros(2, 10, dtype=torch.int32), torch.zeros(2, 10),
-                                 [[1, 2, 3]]])
-def test_mask_tokens_wrong_type(bad):
-    with pytest.raises(TypeError, match="input_ids must"):
-        pt.mask_tokens(bad, torch.zeros(2, 10, dtype=torch.bool), VOCAB, MASK)
-
-
-def test_mask_tokens_empty():
-    empty = torch.zeros(0, 5, dtype=torch.long)
-    with pytest.raises(ValueError, match="input_ids is empty"):
-        pt.mask_tokens(empty, empty.bool(), VOCAB, MASK)
-
-
-@pytest.mark.parametrize("special", [torch.zeros(2, 9, dtype=torch.bool),
-                                     torch.zeros(20, dtype=torch.bool), [[0] * 10] * 2])
-def test_mask_tokens_shape_mismatch(special):
-    ids, _ = synthetic_batch(2, 10)
-    with pytest.raises(ValueError, match="special_tokens_mask must be a tensor with the same shape"):
-        pt.mask_tokens(ids, special, VOCAB, MASK)
-
-
-@pytest.mark.parametrize("vocab_size, mask_id, message", [
-    (VOCAB, VOCAB, "outside the vocabulary"), (VOCAB, -1, "outside the vocabulary"),
-    (0, 0, "vocab_size must be positive"),
-])
-def test_mask_tokens_bad_vocabulary(vocab_size, mask_id, message):
-    ids, special = synthetic_batch(2, 10)
-    with pytest.raises(ValueError, match=message):
-        pt.mask_tokens(ids, special, vocab_size, mask_id)
-
-
-def test_masking_rates_needs_a_selection():
-    ids, special = synthetic_batch(2, 10)
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    with pytest.raises(ValueError, match="no token was selected"):
-        pt.masking_rates(ids, ids, labels, special, MASK)
-
-
 # ---------------------------------------------------------------------------- losses
 
 
@@ -241,16 +196,6 @@ def test_mlm_loss_gradient_flows():
     assert logits.grad is not None and logits.grad.abs().sum() > 0
 
 
-def test_mlm_loss_errors():
-    logits = torch.randn(2, 5, 7)
-    with pytest.raises(ValueError, match="no position is selected"):
-        pt.mlm_loss(logits, torch.full((2, 5), IGNORE_INDEX))
-    with pytest.raises(ValueError, match=r"logits \(2, 5, 7\) must be labels \(2, 4\) \+ \(vocab,\)"):
-        pt.mlm_loss(logits, torch.zeros(2, 4, dtype=torch.long))
-    with pytest.raises(TypeError, match="labels must be torch.long"):
-        pt.mlm_loss(logits, torch.zeros(2, 5))
-
-
 def test_causal_lm_loss_equals_gpt2_loss(gpt, tokenizer):
     ids = torch.randint(5, len(tokenizer), (3, 10), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -276,17 +221,6 @@ def test_causal_lm_loss_shift_by_hand():
     ids = torch.tensor([[1, 2, 3, 4]])
     by_hand = -sum(logits[0, t].log_softmax(-1)[ids[0, t + 1]] for t in range(3)) / 3
     assert torch.allclose(pt.causal_lm_loss(logits, ids), by_hand, atol=1e-6)
-
-
-def test_causal_lm_loss_errors():
-    with pytest.raises(ValueError, match="with input_ids of shape \\(batch, time\\)"):
-        pt.causal_lm_loss(torch.randn(5, 7), torch.zeros(5, dtype=torch.long))
-    with pytest.raises(ValueError, match="must be input_ids"):
-        pt.causal_lm_loss(torch.randn(2, 6, 7), torch.zeros(2, 5, dtype=torch.long))
-    with pytest.raises(TypeError, match="torch.long"):
-        pt.causal_lm_loss(torch.randn(2, 5, 7), torch.zeros(2, 5))
-    with pytest.raises(ValueError, match="no position is selected"):  # one token: nothing to predict
-        pt.causal_lm_loss(torch.randn(2, 1, 7), torch.zeros(2, 1, dtype=torch.long))
 
 
 # ---------------------------------------------------------------------------- MaskedPositionsMLM
@@ -318,12 +252,6 @@ def test_masked_positions_mlm_without_labels_returns_all_logits(bert, tokenizer)
     assert torch.allclose(out.logits, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("model", [nn.Linear(3, 3), "gpt"])
-def test_masked_positions_mlm_needs_a_bert(model, gpt):
-    with pytest.raises(TypeError, match="wraps a BertForMaskedLM"):
-        pt.MaskedPositionsMLM(gpt if model == "gpt" else model)
-
-
 # ---------------------------------------------------------------------------- data pipeline
 
 
@@ -352,19 +280,6 @@ def test_pack_texts_max_blocks(tokenizer):
     few = pt.pack_texts(tokenizer, texts, block_size=16, max_blocks=3)
     assert few.shape == (3, 16)
     assert torch.equal(few, full[:3])
-
-
-@pytest.mark.parametrize("texts", [[], (), "a single string is not a list"])
-def test_pack_texts_needs_texts(tokenizer, texts):
-    with pytest.raises(ValueError, match="texts must be a non-empty list of strings"):
-        pt.pack_texts(tokenizer, texts)
-
-
-def test_pack_texts_errors(tokenizer):
-    with pytest.raises(ValueError, match="block_size must be >= 8"):
-        pt.pack_texts(tokenizer, make_corpus(5), block_size=4)
-    with pytest.raises(ValueError, match="fewer than one block"):
-        pt.pack_texts(tokenizer, ["the market rose."], block_size=64)
 
 
 def test_mlm_collator(tokenizer, blocks):
@@ -445,13 +360,6 @@ def test_unigram_loss_uniform_is_log_vocab():
         math.log(50), rel=1e-6)
 
 
-def test_unigram_loss_needs_tokens():
-    with pytest.raises(ValueError, match="must contain tokens"):
-        pt.unigram_loss(torch.tensor([1, 2]), torch.tensor([IGNORE_INDEX]), 4)
-    with pytest.raises(ValueError, match="must contain tokens"):
-        pt.unigram_loss(torch.tensor([], dtype=torch.long), torch.tensor([1]), 4)
-
-
 # ---------------------------------------------------------------------------- metrics
 
 
@@ -488,14 +396,6 @@ def test_pseudo_perplexity_accepts_the_wrapper_and_restores_mode(bert, tokenizer
     assert ppl == pytest.approx(pt.pseudo_perplexity(bert, tokenizer, ["the market rose."]), rel=1e-5)
 
 
-def test_pseudo_perplexity_errors(bert, tokenizer):
-    for texts in ([], "the market rose."):
-        with pytest.raises(ValueError, match="non-empty list of strings"):
-            pt.pseudo_perplexity(bert, tokenizer, texts)
-    with pytest.raises(ValueError, match="no ordinary tokens"):
-        pt.pseudo_perplexity(bert, tokenizer, [""])
-
-
 def test_fill_mask(bert, tokenizer):
     predictions = pt.fill_mask(bert, tokenizer, "the market [MASK] on monday.", top_k=4)
     assert len(predictions) == 4
@@ -504,11 +404,6 @@ def test_fill_mask(bert, tokenizer):
     assert all(isinstance(t, str) for t in tokens) and len(set(tokens)) == 4
     assert all(0.0 <= p <= 1.0 for p in probs) and sum(probs) <= 1.0 + 1e-3
     assert probs == sorted(probs, reverse=True)
-
-
-def test_fill_mask_needs_a_mask(bert, tokenizer):
-    with pytest.raises(ValueError, match=r"text must contain \[MASK\]"):
-        pt.fill_mask(bert, tokenizer, "the market rose on monday.")
 
 
 # ---------------------------------------------------------------------------- sentence pairs
@@ -552,6 +447,7 @@ def test_sop_pairs():
     for a, b, label in pairs:
         assert owner[a] == owner[b]  # both from one document
         assert ((a, b) if label == 0 else (b, a)) in consecutive
+    assert len(pt.sop_pairs(make_documents(1, 2), 5)) == 5  # SOP needs a single document
 
 
 @pytest.mark.parametrize("make", [pt.nsp_pairs, pt.sop_pairs])
@@ -559,16 +455,6 @@ def test_sentence_pairs_are_deterministic(make):
     documents = make_documents(5, 4)
     assert make(documents, 50, seed=3) == make(documents, 50, seed=3)
     assert make(documents, 50, seed=3) != make(documents, 50, seed=4)
-
-
-def test_sentence_pairs_need_enough_documents():
-    with pytest.raises(ValueError, match="at least two documents"):
-        pt.nsp_pairs(make_documents(1, 5), 10)
-    with pytest.raises(ValueError, match="at least two documents"):
-        pt.nsp_pairs(make_documents(3, 1), 10)  # one sentence each is not enough
-    with pytest.raises(ValueError, match="at least one document"):
-        pt.sop_pairs(make_documents(3, 1), 10)
-    assert len(pt.sop_pairs(make_documents(1, 2), 5)) == 5  # SOP needs a single document
 
 
 def test_nsp_pairs_on_news(bbc_small):
@@ -613,6 +499,53 @@ def test_count_parameters_trainable_only():
     model[0].requires_grad_(False)
     assert pt.count_parameters(model, trainable_only=True) == 8
     assert pt.count_parameters(model) == 23
+
+
+# ---------------------------------------------------------------------------- mistakes
+
+
+def _mask(special, p=0.15):
+    ids, _ = synthetic_batch(2, 10)
+    return pt.mask_tokens(ids, special, VOCAB, MASK, mlm_probability=p)
+
+
+BAD_CALLS = [  # (call(tokenizer, bert), error, message): each mistake is named
+    *[(lambda tokenizer, bert, p=p: _mask(torch.zeros(2, 10, dtype=torch.bool), p), ValueError,
+       rf"mlm_probability must be in \(0, 1\), got {p}") for p in (0.0, 1.0, -0.1, 1.5, float("nan"))],
+    (lambda tokenizer, bert: _mask(torch.zeros(2, 9, dtype=torch.bool)), ValueError,
+     r"special_tokens_mask \(2, 9\) != input_ids \(2, 10\)"),
+    (lambda tokenizer, bert: _mask(torch.zeros(10, dtype=torch.bool)), ValueError,  # would broadcast
+     r"special_tokens_mask \(10,\) != input_ids \(2, 10\)"),
+    (lambda tokenizer, bert: pt.mlm_loss(torch.randn(2, 5, 7), torch.full((2, 5), IGNORE_INDEX)),
+     ValueError, "no position is selected"),
+    (lambda tokenizer, bert: pt.causal_lm_loss(torch.randn(2, 1, 7), torch.zeros(2, 1, dtype=torch.long)),
+     ValueError, "no position is selected"),  # one token: nothing to predict
+    (lambda tokenizer, bert: pt.MaskedPositionsMLM(nn.Linear(3, 3)), TypeError, "wraps a BertForMaskedLM"),
+    (lambda tokenizer, bert: pt.MaskedPositionsMLM(bert.bert), TypeError,  # the encoder, no MLM head
+     "wraps a BertForMaskedLM"),
+    *[(lambda tokenizer, bert, texts=texts: pt.pack_texts(tokenizer, texts), ValueError,
+       "texts must be a non-empty list of strings") for texts in ([], (), "one string is not a list")],
+    (lambda tokenizer, bert: pt.pack_texts(tokenizer, ["the market rose."], block_size=64), ValueError,
+     "fewer than one block of 62"),
+    (lambda tokenizer, bert: pt.unigram_loss(torch.tensor([1, 2]), torch.tensor([IGNORE_INDEX]), 4),
+     ValueError, "must contain tokens"),
+    (lambda tokenizer, bert: pt.unigram_loss(torch.tensor([], dtype=torch.long), torch.tensor([1]), 4),
+     ValueError, "must contain tokens"),
+    *[(lambda tokenizer, bert, texts=texts: pt.pseudo_perplexity(bert, tokenizer, texts), ValueError,
+       "texts must be a non-empty list of strings") for texts in ([], "the market rose.")],
+    (lambda tokenizer, bert: pt.fill_mask(bert, tokenizer, "the market rose on monday."), ValueError,
+     r"text must contain \[MASK\]"),
+    (lambda tokenizer, bert: pt.nsp_pairs(make_documents(1, 5), 10), ValueError,
+     "at least two documents"),
+    (lambda tokenizer, bert: pt.nsp_pairs(make_documents(3, 1), 10), ValueError,  # one sentence each
+     "at least two documents"),
+]
+
+
+@pytest.mark.parametrize("call, error, match", BAD_CALLS, ids=range(len(BAD_CALLS)))
+def test_mistakes_are_named(tokenizer, bert, call, error, match):
+    with pytest.raises(error, match=match):
+        call(tokenizer, bert)
 
 
 # ---------------------------------------------------------------------------- MiniLM (slow)
