@@ -43,21 +43,9 @@ from torch import nn
 from . import runtime
 
 __all__ = [
-    "SCHEDULES",
-    "MIXED_PRECISION_MODES",
-    "TrainConfig",
-    "lr_lambda",
-    "make_optimizer",
-    "make_scheduler",
-    "compute_loss",
-    "evaluate",
-    "eval_mode",
-    "model_device",
-    "Trainer",
-    "train",
-    "save_checkpoint",
-    "read_safetensors",
-    "load_checkpoint",
+    "SCHEDULES", "MIXED_PRECISION_MODES", "TrainConfig", "lr_lambda", "make_optimizer",
+    "make_scheduler", "compute_loss", "evaluate", "eval_mode", "model_device", "Trainer", "train",
+    "save_checkpoint", "read_safetensors", "load_checkpoint",
 ]
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -68,15 +56,6 @@ HISTORY_COLUMNS = ("step", "train_loss", "lr", "eval_loss", "tokens", "elapsed_s
 
 # Label value that Hugging Face losses (and `nn.CrossEntropyLoss`) ignore.
 IGNORE_INDEX = -100
-
-
-def _is_int(value: Any) -> bool:
-    """`True` for real integers; `bool` is an `int` subclass but never a step count."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -124,92 +103,34 @@ class TrainConfig:
     early_stopping_mode: str = "min"
 
     def __post_init__(self) -> None:
-        if not _is_int(self.max_steps) or self.max_steps <= 0:
-            raise ValueError(f"max_steps must be a positive int, got {self.max_steps!r}")
-        if not _is_number(self.lr) or not self.lr > 0:
-            raise ValueError(f"lr must be a positive number (e.g. 5e-4), got {self.lr!r}")
-        if self.lr_by_prefix is not None:
-            bad = {k: v for k, v in dict(self.lr_by_prefix).items()
-                   if not isinstance(k, str) or not k or not _is_number(v) or not v > 0}
-            if bad:
-                raise ValueError(f"lr_by_prefix maps parameter-name prefixes to positive learning "
-                                 f"rates, e.g. {{'head.': 3e-3}}; got {bad!r}")
-        if not _is_number(self.weight_decay) or self.weight_decay < 0:
-            raise ValueError(
-                f"weight_decay must be a number >= 0 (0 disables it), got {self.weight_decay!r}"
-            )
-        if (
-            not isinstance(self.betas, (tuple, list))
-            or len(self.betas) != 2
-            or not all(_is_number(b) and 0 <= b < 1 for b in self.betas)
-        ):
-            raise ValueError(
-                f"betas must be two numbers in [0, 1), e.g. (0.9, 0.999), got {self.betas!r}"
-            )
         self.betas = (float(self.betas[0]), float(self.betas[1]))
-        if _is_int(self.warmup_steps):
-            if not 0 <= self.warmup_steps <= self.max_steps:
-                raise ValueError(
-                    f"warmup_steps={self.warmup_steps} must be between 0 and "
-                    f"max_steps={self.max_steps}; use fewer steps or a fraction such as 0.1"
-                )
-        elif isinstance(self.warmup_steps, float):
-            if not 0 <= self.warmup_steps < 1:
-                raise ValueError(
-                    f"a float warmup_steps is a fraction of max_steps and must be in [0, 1), "
-                    f"got {self.warmup_steps!r}; pass an int to give a number of steps"
-                )
-        else:
+        # A count below 1 trains, accumulates, logs or evaluates never (or divides by zero).
+        counts = {"max_steps": self.max_steps, "grad_accum_steps": self.grad_accum_steps,
+                  "log_every": self.log_every, "eval_every": self.eval_every}
+        bad = {name: n for name, n in counts.items() if n is not None and n < 1}
+        if bad:
+            raise ValueError(f"step counts must be >= 1, got {bad} (eval_every=None evaluates "
+                             f"only at the end)")
+        top = 1 if isinstance(self.warmup_steps, float) else self.max_steps + 1  # fraction or steps
+        if not 0 <= self.warmup_steps < top:
             raise ValueError(
-                f"warmup_steps must be an int (steps) or a float in [0, 1) (fraction of "
-                f"max_steps), got {self.warmup_steps!r}"
+                f"warmup_steps is a number of steps (an int in [0, max_steps={self.max_steps}]) "
+                f"or a fraction of max_steps (a float in [0, 1)), got {self.warmup_steps!r}"
             )
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not _is_int(self.grad_accum_steps) or self.grad_accum_steps < 1:
-            raise ValueError(f"grad_accum_steps must be an int >= 1, got {self.grad_accum_steps!r}")
-        if self.max_grad_norm is not None and (
-            not _is_number(self.max_grad_norm) or not self.max_grad_norm > 0
-        ):
-            raise ValueError(
-                f"max_grad_norm must be a positive number, or None to disable clipping, "
-                f"got {self.max_grad_norm!r}"
-            )
-        if self.mixed_precision not in MIXED_PRECISION_MODES:
-            raise ValueError(
-                f"mixed_precision must be one of {MIXED_PRECISION_MODES}, "
-                f"got {self.mixed_precision!r}"
-            )
-        if self.eval_every is not None and (not _is_int(self.eval_every) or self.eval_every <= 0):
-            raise ValueError(
-                f"eval_every must be a positive int, or None to evaluate only at the end, "
-                f"got {self.eval_every!r}"
-            )
-        if not _is_int(self.log_every) or self.log_every <= 0:
-            raise ValueError(f"log_every must be a positive int, got {self.log_every!r}")
-        if self.early_stopping_patience is not None:
-            if not _is_int(self.early_stopping_patience) or self.early_stopping_patience < 1:
-                raise ValueError(
-                    f"early_stopping_patience must be an int >= 1 (evaluations without "
-                    f"improvement), or None to disable it, got {self.early_stopping_patience!r}"
-                )
-            if self.eval_every is None:
-                raise ValueError(
-                    "early stopping needs periodic evaluation: set eval_every as well as "
-                    "early_stopping_patience"
-                )
-        if self.early_stopping_mode not in ("min", "max"):
-            raise ValueError(
-                f"early_stopping_mode must be 'min' (losses) or 'max' (accuracies), "
-                f"got {self.early_stopping_mode!r}"
-            )
+        for name, choices in (("schedule", SCHEDULES), ("mixed_precision", MIXED_PRECISION_MODES),
+                              ("early_stopping_mode", ("min", "max"))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {choices}")
+        if self.early_stopping_patience is not None and self.eval_every is None:
+            raise ValueError("early stopping needs periodic evaluation: set eval_every as well "
+                             "as early_stopping_patience")
 
     @property
     def num_warmup_steps(self) -> int:
         """Warm-up length in optimizer steps (a fraction is rounded to the nearest step)."""
-        if _is_int(self.warmup_steps):
-            return self.warmup_steps
-        return round(self.warmup_steps * self.max_steps)
+        if isinstance(self.warmup_steps, float):
+            return round(self.warmup_steps * self.max_steps)
+        return self.warmup_steps
 
 
 def lr_lambda(step: int, *, max_steps: int, warmup_steps: int, schedule: str) -> float:
@@ -230,17 +151,6 @@ def lr_lambda(step: int, *, max_steps: int, warmup_steps: int, schedule: str) ->
 
     Both decaying schedules reach 0 at `step == max_steps` and stay there.
     """
-    if not _is_int(step) or step < 0:
-        raise ValueError(f"step must be an int >= 0, got {step!r}")
-    if not _is_int(max_steps) or max_steps <= 0:
-        raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
-    if not _is_int(warmup_steps) or not 0 <= warmup_steps <= max_steps:
-        raise ValueError(
-            f"warmup_steps must be an int between 0 and max_steps={max_steps}, got {warmup_steps!r}"
-        )
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-
     if step < warmup_steps:
         return (step + 1) / (warmup_steps + 1)
     if schedule == "constant":
@@ -248,22 +158,9 @@ def lr_lambda(step: int, *, max_steps: int, warmup_steps: int, schedule: str) ->
     progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
     if schedule == "linear":
         return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _check_config(config: Any) -> TrainConfig:
-    if not isinstance(config, TrainConfig):
-        raise TypeError(
-            f"config must be a TrainConfig, got {type(config).__name__}; "
-            f"build one with TrainConfig(max_steps=...)"
-        )
-    return config
-
-
-def _check_model(model: Any) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return model
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -279,8 +176,6 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     named by `config.lr_by_prefix` get their own learning rate (one more group each).
     The update is PyTorch's fused AdamW kernel where the device has one.
     """
-    _check_model(model)
-    _check_config(config)
     prefixes = dict(config.lr_by_prefix or {})
     groups: dict[tuple[float, bool], list[nn.Parameter]] = {}
     matched = set()
@@ -293,10 +188,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
         lr = prefixes[prefix] if prefix is not None else config.lr
         groups.setdefault((lr, param.ndim >= 2), []).append(param)
     if not groups:
-        raise ValueError(
-            "the model has no trainable parameters; set requires_grad=True on the "
-            "parameters you want to train"
-        )
+        raise ValueError("the model has no trainable parameters; set requires_grad=True on "
+                         "the parameters you want to train")
     unused = sorted(set(prefixes) - matched)
     if unused:
         names = [n for n, p in model.named_parameters() if p.requires_grad][:5]
@@ -313,19 +206,11 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     )
 
 
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig
-) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(optimizer: torch.optim.Optimizer,
+                   config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     """A `LambdaLR` that follows `lr_lambda` for the warm-up and schedule in `config`."""
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer)}")
-    _check_config(config)
-    factor = functools.partial(
-        lr_lambda,
-        max_steps=config.max_steps,
-        warmup_steps=config.num_warmup_steps,
-        schedule=config.schedule,
-    )
+    factor = functools.partial(lr_lambda, max_steps=config.max_steps,
+                               warmup_steps=config.num_warmup_steps, schedule=config.schedule)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -335,7 +220,7 @@ def compute_loss(model: nn.Module, batch: Any) -> torch.Tensor:
 
     A batch that is a `dict` is passed as keyword arguments, `model(**batch)`, which is
     how Hugging Face models take `input_ids`, `attention_mask` and `labels`; a tuple or
-    list is passed positionally, `model(*batch)`; a lone tensor is passed as is.
+    list is passed positionally, `model(*batch)`; anything else (a lone tensor) is passed as is.
 
     The model may return the loss itself (a scalar tensor), an object with a `.loss`
     attribute (Hugging Face's `ModelOutput`), or a `dict` with a `"loss"` key.
@@ -344,14 +229,8 @@ def compute_loss(model: nn.Module, batch: Any) -> torch.Tensor:
         output = model(**batch)
     elif isinstance(batch, (tuple, list)):
         output = model(*batch)
-    elif isinstance(batch, torch.Tensor):
-        output = model(batch)
     else:
-        raise TypeError(
-            f"a batch must be a dict (passed as model(**batch)), a tuple/list "
-            f"(model(*batch)) or a tensor, got {type(batch).__name__}"
-        )
-
+        output = model(batch)
     if isinstance(output, torch.Tensor):
         loss = output
     elif isinstance(output, Mapping) and "loss" in output:
@@ -359,21 +238,14 @@ def compute_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     else:
         loss = getattr(output, "loss", None)
     if not isinstance(loss, torch.Tensor):
-        hint = (
-            " (a Hugging Face model only computes a loss when the batch has 'labels')"
-            if hasattr(output, "logits")
-            else ""
-        )
         raise TypeError(
-            f"the model's forward must return a scalar loss tensor, an object with a "
-            f".loss attribute, or a dict with a 'loss' key; got {type(output).__name__}"
-            f"{hint}"
-        )
+            f"the model's forward must return a scalar loss tensor, an object with a .loss "
+            f"attribute, or a dict with a 'loss' key; got {type(output).__name__}"
+            + (" (a Hugging Face model only computes a loss when the batch has 'labels')"
+               if hasattr(output, "logits") else ""))
     if loss.ndim != 0:
-        raise TypeError(
-            f"the model's forward returned a tensor of shape {tuple(loss.shape)}, but it must "
-            f"return a scalar loss; compute the loss inside forward and reduce it (e.g. .mean())"
-        )
+        raise TypeError(f"the model's forward returned a tensor of shape {tuple(loss.shape)}, but "
+                        f"it must return a scalar loss; reduce it inside forward (e.g. .mean())")
     return loss
 
 
@@ -388,23 +260,13 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def _first_tensor(batch: Any) -> torch.Tensor | None:
-    if isinstance(batch, torch.Tensor):
-        return batch
-    values = batch.values() if isinstance(batch, Mapping) else batch
-    if isinstance(batch, (Mapping, tuple, list)):
-        for value in values:
-            if isinstance(value, torch.Tensor):
-                return value
-    return None
-
-
 def _count_tokens(batch: Any) -> int:
     """Elements of `input_ids` if the batch has them, otherwise of its first tensor."""
     if isinstance(batch, Mapping) and isinstance(batch.get("input_ids"), torch.Tensor):
         return batch["input_ids"].numel()
-    tensor = _first_tensor(batch)
-    return 0 if tensor is None else tensor.numel()
+    values = (batch.values() if isinstance(batch, Mapping)
+              else batch if isinstance(batch, (tuple, list)) else [batch])
+    return next((value.numel() for value in values if isinstance(value, torch.Tensor)), 0)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -412,9 +274,8 @@ def model_device(model: nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device
     except StopIteration:
-        raise ValueError(
-            "the model has no parameters, so its device is unknown; pass device=..."
-        ) from None
+        raise ValueError("the model has no parameters, so its device is unknown; "
+                         "pass device=...") from None
 
 
 @contextlib.contextmanager
@@ -426,8 +287,6 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     training; a frozen part that the caller keeps in eval mode stays there. A plain
     `model.train(True)` would switch that part back on.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
@@ -446,19 +305,13 @@ def _autocast(device: torch.device, mixed_precision: str) -> contextlib.Abstract
 
 def _resolve_mixed_precision(mode: str, device: torch.device) -> str:
     """Turn `"auto"` into `"bf16"` on a bf16-capable CUDA device and `"no"` elsewhere."""
-    if mode != "auto":
-        return mode
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
+    if mode == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    return mode
 
 
-def evaluate(
-    model: nn.Module,
-    data: Iterable[Any],
-    device: torch.device | str | None = None,
-    max_batches: int | None = None,
-) -> float:
+def evaluate(model: nn.Module, data: Iterable[Any], device: torch.device | str | None = None,
+             max_batches: int | None = None) -> float:
     """
     ## Evaluation loss
 
@@ -471,9 +324,6 @@ def evaluate(
     Face uses for padding and for tokens that should not be scored). Other batches
     all count equally. The model's train/eval mode is restored afterwards.
     """
-    _check_model(model)
-    if max_batches is not None and (not _is_int(max_batches) or max_batches <= 0):
-        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
     device = model_device(model) if device is None else torch.device(device)
 
     total = torch.zeros((), device=device, dtype=torch.float64)
@@ -528,36 +378,18 @@ class Trainer:
     model in train mode: call `model.eval()` before inference.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        train_data: Iterable[Any],
-        config: TrainConfig,
-        eval_data: Iterable[Any] | None = None,
-        device: torch.device | str | None = None,
-        eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
-        on_optimizer_step: Callable[[nn.Module, int], None] | None = None,
-    ) -> None:
-        self.model = _check_model(model)
-        self.config = _check_config(config)
+    def __init__(self, model: nn.Module, train_data: Iterable[Any], config: TrainConfig,
+                 eval_data: Iterable[Any] | None = None, device: torch.device | str | None = None,
+                 eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
+                 on_optimizer_step: Callable[[nn.Module, int], None] | None = None) -> None:
         for name, data in (("train_data", train_data), ("eval_data", eval_data)):
-            if data is None and name == "eval_data":
-                continue
-            if not isinstance(data, Iterable):
-                raise TypeError(f"{name} must be iterable (a DataLoader or list of batches)")
             if isinstance(data, Iterator):
-                raise TypeError(
-                    f"{name} is a one-shot iterator (e.g. a generator), but the trainer "
-                    f"needs to iterate over it again; pass a DataLoader or list(...) instead"
-                )
-        if eval_fn is not None and not callable(eval_fn):
-            raise TypeError("eval_fn must be a callable model -> dict[str, float], or None")
-        if on_optimizer_step is not None and not callable(on_optimizer_step):
-            raise TypeError("on_optimizer_step must be a callable (model, step) -> None, or None")
+                raise TypeError(f"{name} is a one-shot iterator (e.g. a generator), but the "
+                                f"trainer needs to iterate over it again; pass a DataLoader or "
+                                f"list(...) instead")
+        self.model, self.config, self.eval_fn = model, config, eval_fn
+        self.train_data, self.eval_data = train_data, eval_data
         self.on_optimizer_step = on_optimizer_step
-        self.train_data = train_data
-        self.eval_data = eval_data
-        self.eval_fn = eval_fn
 
         if device is None:
             self.device = model_device(model)
@@ -619,16 +451,12 @@ class Trainer:
                 with eval_mode(self.model), torch.no_grad():
                     extra = self.eval_fn(self.model)
                 if not isinstance(extra, Mapping):
-                    raise TypeError(
-                        f"eval_fn must return a dict of metric name -> float, "
-                        f"got {type(extra).__name__}"
-                    )
+                    raise TypeError(f"eval_fn must return a dict of metric name -> float, "
+                                    f"got {type(extra).__name__}")
                 for key, value in extra.items():
                     if key in HISTORY_COLUMNS:
-                        raise ValueError(
-                            f"eval_fn returned the metric {key!r}, which clashes with a "
-                            f"history column {HISTORY_COLUMNS}; rename it"
-                        )
+                        raise ValueError(f"eval_fn returned the metric {key!r}, which clashes "
+                                         f"with a history column {HISTORY_COLUMNS}; rename it")
                     metrics[str(key)] = float(value)
         return metrics
 
@@ -642,11 +470,9 @@ class Trainer:
             return False
         name = config.early_stopping_metric
         if name not in row:
-            raise ValueError(
-                f"early_stopping_metric={name!r} is not among the evaluation metrics "
-                f"{sorted(k for k in row if k not in ('step', 'train_loss', 'lr'))}; "
-                f"pass eval_data (for 'eval_loss') or an eval_fn that returns it"
-            )
+            raise ValueError(f"early_stopping_metric={name!r} is not among the evaluation metrics "
+                             f"{sorted(k for k in row if k not in ('step', 'train_loss', 'lr'))}; "
+                             f"pass eval_data (for 'eval_loss') or an eval_fn that returns it")
         value = float(row[name])
         better = (
             self.best_step is None
@@ -655,17 +481,14 @@ class Trainer:
         )
         if better:
             self.best_metric, self.best_step, self._bad_evals = value, self.step, 0
-            self._best_state = {
-                key: tensor.detach().clone() for key, tensor in self.model.state_dict().items()
-            }
+            self._best_state = {key: tensor.detach().clone()
+                                for key, tensor in self.model.state_dict().items()}
             return False
         self._bad_evals += 1
         return self._bad_evals >= config.early_stopping_patience
 
     def train(self) -> pd.DataFrame:
-        """
-        Run the loop up to `config.max_steps` optimizer steps and return `history`.
-        """
+        """Run the loop up to `config.max_steps` optimizer steps and return `history`."""
         config, model = self.config, self.model
         if self.stopped_early:
             return self.history
@@ -735,21 +558,15 @@ class Trainer:
         return self.history
 
 
-def train(
-    model: nn.Module,
-    train_data: Iterable[Any],
-    config: TrainConfig,
-    eval_data: Iterable[Any] | None = None,
-    device: torch.device | str | None = None,
-    eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
-) -> pd.DataFrame:
+def train(model: nn.Module, train_data: Iterable[Any], config: TrainConfig,
+          eval_data: Iterable[Any] | None = None, device: torch.device | str | None = None,
+          eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None) -> pd.DataFrame:
     """Shorthand for `Trainer(model, train_data, config, ...).train()`."""
     return Trainer(model, train_data, config, eval_data, device, eval_fn).train()
 
 
-def save_checkpoint(
-    model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None
-) -> Path:
+def save_checkpoint(model: nn.Module, path: str | Path,
+                    metadata: dict[str, str] | None = None) -> Path:
     """
     ## Saving
 
@@ -759,15 +576,6 @@ def save_checkpoint(
     `safetensors.torch.save_model` rather than `save_file`. `metadata` is a flat
     `dict[str, str]` (a config as JSON, a git hash, ...) returned by `load_checkpoint`.
     """
-    _check_model(model)
-    if metadata is not None and (
-        not isinstance(metadata, Mapping)
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
-    ):
-        raise TypeError(
-            "metadata must be a dict[str, str]; turn other values into strings first, "
-            "e.g. json.dumps(config)"
-        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # `save_model` adds entries for dropped duplicate tensors, so give it a copy.
@@ -807,10 +615,9 @@ def read_safetensors(
             metadata = dict(f.metadata() or {})
             tensors = {key: f.get_tensor(key) for key in f.keys()}
     except Exception as error:  # safetensors raises its own error types for bad files
-        raise ValueError(
-            f"{path} is not a valid safetensors {kind} ({type(error).__name__}: {error}); "
-            f"it may be truncated or in another format - re-save it with {saver}"
-        ) from error
+        raise ValueError(f"{path} is not a valid safetensors {kind} ({type(error).__name__}: "
+                         f"{error}); it may be truncated or in another format - re-save it "
+                         f"with {saver}") from error
     return tensors, metadata
 
 
@@ -826,39 +633,27 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
     missing or unexpected keys are errors too; `strict=False` loads what matches.
     A tied weight counts as present when any of the names it goes by is in the file.
     """
-    _check_model(model)
     path = Path(path)
     tensors, metadata = read_safetensors(path, "checkpoint", "save_checkpoint")
 
     state = model.state_dict()
     groups = _shared_groups(state)
-    mismatched = [
-        f"{key} (file {tuple(tensors[key].shape)}, model {tuple(state[key].shape)})"
-        for key in state
-        if key in tensors and tensors[key].shape != state[key].shape
-    ]
+    mismatched = [f"{key} (file {tuple(tensors[key].shape)}, model {tuple(state[key].shape)})"
+                  for key in state if key in tensors and tensors[key].shape != state[key].shape]
     if mismatched:
-        raise ValueError(
-            f"checkpoint {path} does not fit the model; shape mismatch for "
-            f"{_first_few(mismatched)}. Build the model with the config it was trained with"
-        )
+        raise ValueError(f"checkpoint {path} does not fit the model; shape mismatch for "
+                         f"{_first_few(mismatched)}. Build the model with the config it was "
+                         f"trained with")
     missing = [k for k in state if not any(alias in tensors for alias in groups[k])]
     unexpected = [k for k in tensors if k not in state]
-    if strict and (missing or unexpected):
-        problems = []
-        if missing:
-            problems.append(f"missing keys: {_first_few(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys: {_first_few(unexpected)}")
-        raise ValueError(
-            f"checkpoint {path} does not match the model ({'; '.join(problems)}); "
-            f"check the model config, or pass strict=False to load only the matching keys"
-        )
+    problems = [f"{what} keys: {_first_few(keys)}"
+                for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    if strict and problems:
+        raise ValueError(f"checkpoint {path} does not match the model ({'; '.join(problems)}); "
+                         f"check the model config, or pass strict=False to load only the "
+                         f"matching keys")
     model.load_state_dict({k: v for k, v in tensors.items() if k in state}, strict=False)
 
     # Drop the notes `save_model` leaves about de-duplicated tied weights.
-    return {
-        key: value
-        for key, value in metadata.items()
-        if not (key in state and key not in tensors and value in tensors)
-    }
+    return {key: value for key, value in metadata.items()
+            if not (key in state and key not in tensors and value in tensors)}
