@@ -355,7 +355,11 @@ def embed_texts(
     pooling: str = "mean",
 ) -> np.ndarray:
     """Frozen text embeddings `(n, hidden)`: the encoder's pooled last hidden states, as a
-    NumPy array for scikit-learn. Nothing is trained; this is the input of a *linear probe*."""
+    NumPy array for scikit-learn. Nothing is trained; this is the input of a *linear probe*.
+    `encoder` may also be a `SequenceClassifier`: its encoder is used, so a probe and the model
+    it initialises (`head_from_probe`) share one copy of the weights."""
+    if isinstance(encoder, SequenceClassifier):
+        encoder = encoder.encoder
     enc = encode(tokenizer, texts, max_length)
     device = model_device(encoder)
     out = []

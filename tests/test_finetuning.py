@@ -425,3 +425,43 @@ BAD_CALLS = [
 def test_mistakes_raise_a_message_that_names_the_fix(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# ---------------------------------------------------------------------------- your own data
+
+
+def test_notebook_04_runs_on_a_learners_own_two_class_file(tokenizer, tmp_path):
+    # a 2-class sentiment set in a TSV file, not BBC News: read, baselines, probe -> head, fine-tune
+    good = ["a wonderful film", "great acting and a great story", "i loved every minute",
+            "a delight from start to end", "superb and moving", "the best film this year"]
+    bad = ["a dull film", "poor acting and a weak story", "i hated every minute",
+           "a bore from start to end", "clumsy and tedious", "the worst film this year"]
+    rows = [("text", "label")] + [(t, "positive") for t in good] + [(t, "negative") for t in bad]
+    path = tmp_path / "reviews.tsv"
+    path.write_text("\n".join("\t".join(row) for row in rows) + "\n", encoding="utf-8")
+    data = assets.read_text_classification(path, test_size=0.5)
+    assert data.label_names == ["negative", "positive"] and len(data.train_texts) == 6
+    assert sorted(data.train_labels) == [0, 0, 0, 1, 1, 1]  # stratified
+
+    tfidf = ft.tfidf_classifier().fit(data.train_texts, data.train_labels)
+    assert len(tfidf.predict(data.test_texts)) == 6
+    model = tiny_classifier(num_labels=2).eval()
+    emb = ft.embed_texts(model, tokenizer, data.train_texts, 16)  # the classifier itself: one copy
+    probe = ft.linear_probe(C=10.0).fit(emb, data.train_labels)
+    ft.head_from_probe(model, probe)
+    train_enc = ft.encode(tokenizer, data.train_texts, 16, labels=data.train_labels)
+    logits = ft.predict_logits(model, train_enc)
+    assert (logits.argmax(-1).numpy() == probe.predict(emb)).all()
+    trainer = ft.fine_tune(model, train_enc, TrainConfig(max_steps=6, lr=1e-3, log_every=1, progress=False),
+                           batch_size=3, val_encodings=ft.encode(tokenizer, data.test_texts, 16,
+                                                                 labels=data.test_labels))
+    history = trainer.history
+    assert history["train_loss"].notna().sum() == 6 and "val_accuracy" in history
+    assert ft.accuracy(ft.predict_logits(model, train_enc), data.train_labels) >= 0.5
+
+
+def test_read_text_classification_names_missing_columns(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text("review,stars\ngood,5\n", encoding="utf-8")
+    with pytest.raises(KeyError, match=r"no column \['label', 'text'\].*text_column= and label_column="):
+        assets.read_text_classification(path)

@@ -8,10 +8,13 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
+from transformers import BertConfig, BertForTokenClassification
 
+from llm_tutorial import assets
 from llm_tutorial import token_classification as tc
 from llm_tutorial.token_classification import IGNORE_INDEX, QAExample
 from llm_tutorial.tokenization import train_wordpiece
+from llm_tutorial.trainer import TrainConfig, Trainer
 
 LABELS = tc.bio_labels(["PER", "LOC"])
 LABEL2ID, ID2LABEL = tc.label_maps(LABELS)
@@ -452,3 +455,43 @@ def test_spacy_silver_labels_and_questions():
     for example in examples:
         tc.check_qa_example(example)
         assert example.question.endswith("?") and example.answer not in example.question
+
+
+# ---------------------------------------------------------------------------- your own data
+
+
+def test_notebook_05_runs_on_a_learners_own_conll_file(tokenizer, tmp_path):
+    # entity types WNUT does not have, in a CoNLL file: read, label set, encode, train, predict, score
+    sentences = [("the minister ate an apple in paris .".split(), "O O O O B-FRUIT O B-CITY O".split()),
+                 ("shares of apple fell in london .".split(), "O O O O O B-CITY O".split()),
+                 ("a new york studio sold the pear .".split(), "O B-CITY I-CITY O O O B-FRUIT O".split())]
+    text = "-DOCSTART- O\n\n" + "\n\n".join("\n".join(f"{w}\t{t}" for w, t in zip(words, tags, strict=True))
+                                             for words, tags in sentences) + "\n"
+    path = tmp_path / "mine.conll"
+    path.write_text(text, encoding="utf-8")
+    data = assets.read_conll(path)
+    assert data == [(list(w), list(t)) for w, t in sentences]
+
+    types = sorted({tag[2:] for _, tags in data for tag in tags if tag != "O"})
+    labels = tc.bio_labels(types)
+    label2id, id2label = tc.label_maps(labels)
+    assert labels == ["O", "B-CITY", "I-CITY", "B-FRUIT", "I-FRUIT"]
+    features = tc.encode_tagged(tokenizer, data * 8, label2id, max_length=24)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64, num_labels=len(labels),
+                        id2label=id2label, label2id=label2id)
+    model = BertForTokenClassification(config)
+    loader = tc.make_loader(features, batch_size=4, pad_token_id=tokenizer.pad_token_id)
+    history = Trainer(model, loader, TrainConfig(max_steps=60, lr=5e-3, log_every=10, progress=False)).train()
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0] / 4
+    predicted = tc.predict_word_tags(model, tokenizer, [words for words, _ in data], id2label)
+    report = tc.entity_report([tags for _, tags in data], predicted)
+    assert {"CITY", "FRUIT"} <= set(report.index) and report.loc["CITY", "f1"] == 1.0
+
+
+def test_read_conll_names_a_line_without_a_tag(tmp_path):
+    path = tmp_path / "bad.conll"
+    path.write_text("paris\tB-CITY\nlondon\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"line 2: 'london' has no tag column"):
+        assets.read_conll(path)
