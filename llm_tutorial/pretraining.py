@@ -37,13 +37,13 @@ IGNORE_INDEX = -100  # PyTorch's cross-entropy skips targets equal to this
 def mask_tokens(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, vocab_size: int,
                 mask_token_id: int, mlm_probability: float = 0.15,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT's masking rule; returns ``(masked_input_ids, labels)``.
+    """BERT's masking rule; returns `(masked_input_ids, labels)`.
 
-    Each ordinary token is *selected* with probability ``mlm_probability`` (special tokens and
-    padding, marked in ``special_tokens_mask``, never are). A selected token is replaced by
-    ``[MASK]`` 80% of the time, by a random token 10% of the time, and left unchanged 10% of
-    the time, so the model cannot learn that only ``[MASK]`` positions matter. ``labels`` hold
-    the original id at selected positions and ``-100`` (ignored by the loss) everywhere else.
+    Each ordinary token is *selected* with probability `mlm_probability` (special tokens and
+    padding, marked in `special_tokens_mask`, never are). A selected token is replaced by
+    `[MASK]` 80% of the time, by a random token 10% of the time, and left unchanged 10% of
+    the time, so the model cannot learn that only `[MASK]` positions matter. `labels` hold
+    the original id at selected positions and `-100` (ignored by the loss) everywhere else.
     """
     if special_tokens_mask.shape != input_ids.shape:  # a (T,) mask would broadcast over the rows
         raise ValueError(f"special_tokens_mask {tuple(special_tokens_mask.shape)} != input_ids {tuple(input_ids.shape)}")
@@ -66,9 +66,9 @@ def mask_tokens(input_ids: torch.Tensor, special_tokens_mask: torch.Tensor, voca
 
 def masking_rates(input_ids: torch.Tensor, masked_input_ids: torch.Tensor, labels: torch.Tensor,
                   special_tokens_mask: torch.Tensor, mask_token_id: int) -> dict[str, float]:
-    """Measure what :func:`mask_tokens` did: the selection rate among ordinary tokens, and how
-    the selected ones split into ``[MASK]`` / random / unchanged (expected 0.15, 0.8/0.1/0.1;
-    a "random" draw can land on the original token, so ``unchanged`` is a hair above 0.1)."""
+    """Measure what `mask_tokens` did: the selection rate among ordinary tokens, and how
+    the selected ones split into `[MASK]` / random / unchanged (expected 0.15, 0.8/0.1/0.1;
+    a "random" draw can land on the original token, so `unchanged` is a hair above 0.1)."""
     ordinary = ~special_tokens_mask.bool()
     selected = labels != IGNORE_INDEX
     n_sel = int(selected.sum())
@@ -90,9 +90,9 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Masked-LM loss written out: log-softmax over the vocabulary, then the log-probability
     of the true token gathered at each selected position, averaged and negated.
 
-    ``logits`` is ``(..., V)`` and ``labels`` is ``(...)`` with ``-100`` at unselected
-    positions. It equals ``F.cross_entropy(logits.view(-1, V), labels.view(-1))``, the loss
-    ``BertForMaskedLM`` returns.
+    `logits` is `(..., V)` and `labels` is `(...)` with `-100` at unselected
+    positions. It equals `F.cross_entropy(logits.view(-1, V), labels.view(-1))`, the loss
+    `BertForMaskedLM` returns.
     """
     selected = labels != IGNORE_INDEX
     if not selected.any():
@@ -105,9 +105,9 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor,
                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Next-token loss: position *t* predicts token *t+1*, so logits drop their last step and
-    targets drop their first ("the shift"). Padding targets (``attention_mask == 0``) are
-    ignored. Equals ``transformers``' ``ForCausalLMLoss`` (what ``GPT2LMHeadModel`` and
-    ``LlamaForCausalLM`` return with ``labels=input_ids``) and ``transformer.Transformer``'s loss."""
+    targets drop their first ("the shift"). Padding targets (`attention_mask == 0`) are
+    ignored. Equals `transformers`' `ForCausalLMLoss` (what `GPT2LMHeadModel` and
+    `LlamaForCausalLM` return with `labels=input_ids`) and `transformer.Transformer`'s loss."""
     targets = input_ids[:, 1:].clone()
     if attention_mask is not None:
         targets[attention_mask[:, 1:] == 0] = IGNORE_INDEX
@@ -115,12 +115,12 @@ def causal_lm_loss(logits: torch.Tensor, input_ids: torch.Tensor,
 
 
 class MaskedPositionsMLM(nn.Module):
-    """Wrap a ``BertForMaskedLM`` so the MLM head runs only where there is something to predict.
+    """Wrap a `BertForMaskedLM` so the MLM head runs only where there is something to predict.
 
-    The head's last layer maps every hidden state to ``V`` logits: with ``V = 30,522`` that is
+    The head's last layer maps every hidden state to `V` logits: with `V = 30,522` that is
     most of the compute, spent on the 85% of positions whose loss is ignored anyway. Gathering
     the selected hidden states first gives the *same loss* at a fraction of the cost (the
-    notebook measures it). ``forward`` returns an object with ``.loss`` and ``.logits`` (the
+    notebook measures it). `forward` returns an object with `.loss` and `.logits` (the
     logits at selected positions only), so the course trainer can use it directly.
     """
 
@@ -151,15 +151,15 @@ class MLMOutput:
 
 
 def special_tokens_mask_for(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
-    """``True`` where ``input_ids`` holds one of the tokenizer's special tokens."""
+    """`True` where `input_ids` holds one of the tokenizer's special tokens."""
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
     return torch.isin(input_ids, special)
 
 
 def pack_texts(tokenizer, texts: Sequence[str], block_size: int = 128,
                max_blocks: int | None = None) -> torch.Tensor:
-    """Tokenize ``texts``, concatenate them, and cut the stream into ``(N, block_size)`` blocks
-    framed as ``[CLS] ... [SEP]`` (no padding is wasted). Documents are separated by ``[SEP]``.
+    """Tokenize `texts`, concatenate them, and cut the stream into `(N, block_size)` blocks
+    framed as `[CLS] ... [SEP]` (no padding is wasted). Documents are separated by `[SEP]`.
     The last incomplete block is dropped."""
     if isinstance(texts, str) or not len(texts):  # one string would be read as its characters
         raise ValueError("texts must be a non-empty list of strings")
@@ -236,8 +236,8 @@ def clm_loader(blocks: torch.Tensor, batch_size: int = 16, seed: int = 0) -> tor
 
 def unigram_loss(train_ids: torch.Tensor, target_ids: torch.Tensor, vocab_size: int,
                  smoothing: float = 1.0) -> float:
-    """Cross-entropy (nats) of ``target_ids`` under the add-``smoothing`` unigram distribution
-    of ``train_ids``: the loss of a model that ignores all context. ``-100`` targets are skipped.
+    """Cross-entropy (nats) of `target_ids` under the add-`smoothing` unigram distribution
+    of `train_ids`: the loss of a model that ignores all context. `-100` targets are skipped.
     """
     train = train_ids.flatten()
     targets = target_ids.flatten()
@@ -255,8 +255,8 @@ def pseudo_perplexity(model: nn.Module, tokenizer, texts: Sequence[str], max_len
     """Pseudo-perplexity of a masked LM (Salazar et al., 2020): mask each token in turn, score
     the true token, and exponentiate the mean negative log-probability,
     :math:`\\mathrm{PPPL} = \\exp\\big(-\\frac{1}{N}\\sum_i \\log p(x_i \\mid x_{\\setminus i})\\big)`.
-    It needs one forward pass per token, so use a few short texts. ``model`` returns logits
-    over every position (a ``BertForMaskedLM`` or :class:`MaskedPositionsMLM`)."""
+    It needs one forward pass per token, so use a few short texts. `model` returns logits
+    over every position (a `BertForMaskedLM` or `MaskedPositionsMLM`)."""
     if isinstance(texts, str) or not len(texts):  # one string would be read as its characters
         raise ValueError("texts must be a non-empty list of strings")
     device = next(model.parameters()).device
@@ -292,7 +292,7 @@ def pseudo_perplexity(model: nn.Module, tokenizer, texts: Sequence[str], max_len
 
 @torch.no_grad()
 def fill_mask(model: nn.Module, tokenizer, text: str, top_k: int = 5) -> list[tuple[str, float]]:
-    """Top-``k`` predictions (token, probability) for the first ``[MASK]`` in ``text``."""
+    """Top-`k` predictions (token, probability) for the first `[MASK]` in `text`."""
     if tokenizer.mask_token not in text:  # notebook 03's widget prints this message as you type
         raise ValueError(f"text must contain {tokenizer.mask_token}, e.g. 'The {tokenizer.mask_token} rose.'")
     enc = tokenizer(text, return_tensors="pt").to(next(model.parameters()).device)
@@ -316,9 +316,9 @@ def nsp_sentences(text: str) -> list[str]:
 
 
 def nsp_pairs(documents: Sequence[str], n: int, seed: int = 0) -> list[tuple[str, str, int]]:
-    """Next-sentence-prediction pairs ``(A, B, label)`` as in BERT: half the time B is the
+    """Next-sentence-prediction pairs `(A, B, label)` as in BERT: half the time B is the
     sentence that follows A (label 0, "is next"), half the time a sentence from another
-    document (label 1, "random"). Labels follow ``BertForPreTraining``'s convention."""
+    document (label 1, "random"). Labels follow `BertForPreTraining`'s convention."""
     rng = random.Random(seed)
     docs = [s for s in (nsp_sentences(d) for d in documents) if len(s) >= 2]
     if len(docs) < 2:
@@ -354,7 +354,7 @@ def sop_pairs(documents: Sequence[str], n: int, seed: int = 0) -> list[tuple[str
 
 def tiny_bert(vocab_size: int, hidden_size: int = 128, num_layers: int = 2, num_heads: int = 2,
               max_length: int = 128, pad_token_id: int = 0):
-    """A small ``BertForMaskedLM`` (decoder tied to the embeddings), randomly initialised."""
+    """A small `BertForMaskedLM` (decoder tied to the embeddings), randomly initialised."""
     from transformers import BertConfig, BertForMaskedLM
 
     config = BertConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,

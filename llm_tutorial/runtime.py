@@ -2,18 +2,18 @@
 
 Every notebook starts by asking three questions:
 
-1. **Which profile?** ``smoke`` is small, CPU-only and deterministic: it is what CI runs and
-   what the committed notebook outputs show. ``full`` uses a GPU, more data and more steps,
+1. **Which profile?** `smoke` is small, CPU-only and deterministic: it is what CI runs and
+   what the committed notebook outputs show. `full` uses a GPU, more data and more steps,
    and reaches the quality numbers the course quotes. The same code runs in both; only the
    sizes differ. (Deterministic on one machine: another CPU's kernels round the last digits
-   of a float sum differently, so cells tagged ``cpu-dependent`` assert their claims rather
+   of a float sum differently, so cells tagged `cpu-dependent` assert their claims rather
    than print digits every CPU reproduces; see the README.)
 2. **Which device?** CUDA if present, then Apple's MPS, then the CPU.
-3. **Which seed?** :func:`seed_everything` seeds Python, NumPy and PyTorch and switches PyTorch
+3. **Which seed?** `seed_everything` seeds Python, NumPy and PyTorch and switches PyTorch
    to deterministic algorithms, so that two runs print the same numbers.
 
-Long loops (training, batched inference) report their progress with :func:`progress`: a widget
-in JupyterLab, a text bar in a terminal and in ``make run``'s papermill logs.
+Long loops (training, batched inference) report their progress with `progress`: a widget
+in JupyterLab, a text bar in a terminal and in `make run`'s papermill logs.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ MIN_BATCHES_FOR_BAR = 20  # inference loops shorter than this finish too fast to
 
 
 def get_profile(value: str | None = None) -> str:
-    """Return the active profile: the argument, else ``$LLM_TUTORIAL_PROFILE``, else automatic.
+    """Return the active profile: the argument, else `$LLM_TUTORIAL_PROFILE`, else automatic.
 
-    Automatic means ``full`` when a CUDA GPU is visible and ``smoke`` otherwise. Values are
-    case-insensitive; an empty string counts as unset (papermill passes ``""`` for "no value").
+    Automatic means `full` when a CUDA GPU is visible and `smoke` otherwise. Values are
+    case-insensitive; an empty string counts as unset (papermill passes `""` for "no value").
     """
     for source, candidate in (("argument", value), (ENV_VAR, os.environ.get(ENV_VAR))):
         if candidate is None or str(candidate).strip() == "":
@@ -58,11 +58,11 @@ def get_profile(value: str | None = None) -> str:
 
 
 def get_device(profile: str | None = None) -> torch.device:
-    """The best available device: ``cuda`` > ``mps`` > ``cpu``.
+    """The best available device: `cuda` > `mps` > `cpu`.
 
-    The ``smoke`` profile always uses the CPU, because its outputs must be bit-for-bit
-    repeatable and identical to the committed ones. No profile (``None`` or ``""``) means the
-    active one, as :func:`get_profile` resolves it, so ``$LLM_TUTORIAL_PROFILE=smoke`` is obeyed.
+    The `smoke` profile always uses the CPU, because its outputs must be bit-for-bit
+    repeatable and identical to the committed ones. No profile (`None` or `""`) means the
+    active one, as `get_profile` resolves it, so `$LLM_TUTORIAL_PROFILE=smoke` is obeyed.
     """
     if get_profile(profile) == "smoke":
         return torch.device("cpu")
@@ -76,17 +76,17 @@ def get_device(profile: str | None = None) -> torch.device:
 
 def seed_everything(seed: int = 0, deterministic: bool = True,
                     profile: str | None = None) -> torch.Generator:
-    """Seed Python, NumPy and PyTorch (all devices) and return a seeded ``torch.Generator``.
+    """Seed Python, NumPy and PyTorch (all devices) and return a seeded `torch.Generator`.
 
-    With ``deterministic=True`` PyTorch is told to use deterministic algorithms only (warning,
+    With `deterministic=True` PyTorch is told to use deterministic algorithms only (warning,
     not failing, where an operation has none), cuDNN autotuning is switched off, and cuBLAS gets
-    the workspace setting it needs for reproducible matrix products. In the ``smoke`` profile
-    (``profile`` resolved by :func:`get_profile`) it also fixes PyTorch's CPU thread count to
-    ``SMOKE_THREADS``: a float sum split over a different number of threads rounds differently,
+    the workspace setting it needs for reproducible matrix products. In the `smoke` profile
+    (`profile` resolved by `get_profile`) it also fixes PyTorch's CPU thread count to
+    `SMOKE_THREADS`: a float sum split over a different number of threads rounds differently,
     and after a few hundred training steps those last bits show in the printed losses. With the
-    count fixed, the committed outputs do not depend on ``OMP_NUM_THREADS`` or the core count.
+    count fixed, the committed outputs do not depend on `OMP_NUM_THREADS` or the core count.
     On a busy machine two threads are only fast if they sleep while they wait: start Jupyter
-    with ``OMP_WAIT_POLICY=PASSIVE`` (read when PyTorch loads; on an idle machine it slows
+    with `OMP_WAIT_POLICY=PASSIVE` (read when PyTorch loads; on an idle machine it slows
     generation, so it is not the default).
     """
     random.seed(seed)
@@ -105,9 +105,9 @@ def seed_everything(seed: int = 0, deterministic: bool = True,
 def output_dir(*parts: str) -> Path:
     """The folder where notebooks write files (checkpoints, adapters), created if needed.
 
-    It is ``outputs/`` (git-ignored) at the root of the course's repository, or under the
-    current directory when the package is installed elsewhere; ``$LLM_TUTORIAL_OUTPUTS``
-    overrides it. ``parts`` name a sub-folder, e.g. ``output_dir("05")``.
+    It is `outputs/` (git-ignored) at the root of the course's repository, or under the
+    current directory when the package is installed elsewhere; `$LLM_TUTORIAL_OUTPUTS`
+    overrides it. `parts` name a sub-folder, e.g. `output_dir("05")`.
     """
     for part in parts:
         if not isinstance(part, str) or not part or part in (".", "..") or "/" in part or "\\" in part:
@@ -131,7 +131,7 @@ def _version(package: str) -> str | None:
 
 
 def describe_environment(profile: str | None = None) -> dict[str, str]:
-    """A flat ``{name: value}`` summary of this machine, for the first cell of every notebook.
+    """A flat `{name: value}` summary of this machine, for the first cell of every notebook.
 
     It lists Python and library versions, the device, the profile, and which offline assets
     (models and data sets) are installed, so a learner sees at once what will run.
@@ -156,10 +156,10 @@ def describe_environment(profile: str | None = None) -> dict[str, str]:
 
 
 def progress_mode() -> str:
-    """How :func:`progress` draws bars: ``$LLM_TUTORIAL_PROGRESS``, else ``auto``.
+    """How `progress` draws bars: `$LLM_TUTORIAL_PROGRESS`, else `auto`.
 
-    ``auto``: tqdm.auto, a widget in JupyterLab and text in a terminal; ``text``: plain text on
-    stderr, which papermill copies into its log (``make run`` sets it); ``off``: no bars.
+    `auto`: tqdm.auto, a widget in JupyterLab and text in a terminal; `text`: plain text on
+    stderr, which papermill copies into its log (`make run` sets it); `off`: no bars.
     """
     value = os.environ.get(PROGRESS_ENV_VAR, "").strip().lower() or "auto"
     if value not in PROGRESS_MODES:
@@ -172,13 +172,13 @@ def progress_mode() -> str:
 
 def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
              enabled: bool = True, min_total: int = 1, leave: bool = True, **kwargs: Any):
-    """A tqdm progress bar for a long loop, drawn the way :func:`progress_mode` says.
+    """A tqdm progress bar for a long loop, drawn the way `progress_mode` says.
 
-    Use it like ``tqdm``: wrap an iterable (``for batch in progress(batches, desc="predict")``)
-    or pass ``total`` and call ``update``. The bar is disabled (the object still works) when
-    ``enabled`` is false, when the mode is ``off``, or when the loop has fewer than
-    ``min_total`` items: inference helpers pass ``min_total=MIN_BATCHES_FOR_BAR`` so that short
-    calls stay quiet. ``leave=False`` removes a widget bar once its loop ends; text bars always
+    Use it like `tqdm`: wrap an iterable (`for batch in progress(batches, desc="predict")`)
+    or pass `total` and call `update`. The bar is disabled (the object still works) when
+    `enabled` is false, when the mode is `off`, or when the loop has fewer than
+    `min_total` items: inference helpers pass `min_total=MIN_BATCHES_FOR_BAR` so that short
+    calls stay quiet. `leave=False` removes a widget bar once its loop ends; text bars always
     stay. Extra keyword arguments go to tqdm.
     """
     if total is None and iterable is not None:
@@ -202,15 +202,15 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
 
 
 def batch_progress(iterable: Iterable, *, total: int | None = None, desc: str = ""):
-    """:func:`progress` for a batched inference loop: shown only from
-    ``MIN_BATCHES_FOR_BAR`` batches (short calls stay quiet), and removed once done."""
+    """`progress` for a batched inference loop: shown only from
+    `MIN_BATCHES_FOR_BAR` batches (short calls stay quiet), and removed once done."""
     return progress(iterable, total=total, desc=desc, min_total=MIN_BATCHES_FOR_BAR, leave=False)
 
 
 def _auto_tqdm():
-    """tqdm's widget bar inside Jupyter, its text bar elsewhere: what ``tqdm.auto`` picks,
-    without ``tqdm.auto``'s asyncio mix-in, which calls ``iter()`` on the iterable as soon as
-    the bar is made. Iterating a ``DataLoader`` twice draws its base seed twice from the
+    """tqdm's widget bar inside Jupyter, its text bar elsewhere: what `tqdm.auto` picks,
+    without `tqdm.auto`'s asyncio mix-in, which calls `iter()` on the iterable as soon as
+    the bar is made. Iterating a `DataLoader` twice draws its base seed twice from the
     global generator, so the numbers of every later random draw would change."""
     import warnings
 

@@ -2,19 +2,19 @@
 
 Both tasks put a small linear head on top of an encoder and classify *tokens*:
 
-* **NER** gives every token one of the BIO tags (``O``, ``B-person``, ``I-person``, ...) and
+* **NER** gives every token one of the BIO tags (`O`, `B-person`, `I-person`, ...) and
   trains with the cross-entropy over tags. The catch is that labels belong to *words*, while
   the model sees *sub-words*: "Kaepernick" is one word but four WordPieces. A fast tokenizer's
-  ``word_ids()`` says which word each token came from, so the label of a word goes to its first
-  sub-word and the other sub-words get ``-100`` (ignored by the loss). Predictions are read
+  `word_ids()` says which word each token came from, so the label of a word goes to its first
+  sub-word and the other sub-words get `-100` (ignored by the loss). Predictions are read
   back the same way: one tag per word, from its first sub-word.
 * **Extractive QA** scores every context token twice, as the start and as the end of the
-  answer: a 2-unit head gives ``start_logits`` and ``end_logits``, and the answer is the span
+  answer: a 2-unit head gives `start_logits` and `end_logits`, and the answer is the span
   :math:`(s, e)` with :math:`e \\ge s` that maximises :math:`z^{start}_s + z^{end}_e`.
   Offset mappings turn token positions back into characters; contexts longer than the model's
-  window are cut into overlapping windows (``stride``) and the best span over all windows wins.
+  window are cut into overlapping windows (`stride`) and the best span over all windows wins.
 
-Everything here runs offline on MiniLM (``assets.asset_path("minilm")``), WNUT-17 and BBC
+Everything here runs offline on MiniLM (`assets.asset_path("minilm")`), WNUT-17 and BBC
 News with spaCy's silver entities; the training itself uses the course trainer.
 """
 
@@ -49,7 +49,7 @@ WH_WORDS = {"PERSON": "who", "GPE": "where", "LOC": "where", "DATE": "when"}
 
 
 def bio_labels(entity_types: Sequence[str]) -> list[str]:
-    """The BIO tag set for ``entity_types``: ``O`` first (id 0), then ``B-t`` and ``I-t`` for
+    """The BIO tag set for `entity_types`: `O` first (id 0), then `B-t` and `I-t` for
     each type, in the order given."""
     tagged = [name for name in entity_types if name.startswith(("B-", "I-")) or name == "O"]
     if tagged or len(set(entity_types)) != len(entity_types):
@@ -59,7 +59,7 @@ def bio_labels(entity_types: Sequence[str]) -> list[str]:
 
 
 def label_maps(labels: Sequence[str]) -> tuple[dict[str, int], dict[int, str]]:
-    """``(label2id, id2label)`` for a tag list such as :func:`bio_labels` returns."""
+    """`(label2id, id2label)` for a tag list such as `bio_labels` returns."""
     if len(set(labels)) != len(labels):
         raise ValueError(f"labels must be distinct tag names, got {list(labels)}")
     label2id = {label: i for i, label in enumerate(labels)}
@@ -68,7 +68,7 @@ def label_maps(labels: Sequence[str]) -> tuple[dict[str, int], dict[int, str]]:
 
 def check_tagged(words: Sequence[str], tags: Sequence[str], label2id: Mapping[str, int]) -> None:
     """Raise a helpful error unless there is exactly one known tag per word. (Truncation can
-    hide both mistakes from :func:`align_labels`, so :func:`encode_tagged` checks every
+    hide both mistakes from `align_labels`, so `encode_tagged` checks every
     sentence first.)"""
     if len(tags) != len(words):
         raise ValueError(f"{len(words)} words but {len(tags)} tags: give exactly one tag per word "
@@ -78,18 +78,18 @@ def check_tagged(words: Sequence[str], tags: Sequence[str], label2id: Mapping[st
 
 
 def _inside(tag: str) -> str:
-    """``B-x`` -> ``I-x``; other tags unchanged."""
+    """`B-x` -> `I-x`; other tags unchanged."""
     return "I-" + tag[2:] if tag.startswith("B-") else tag
 
 
 def align_labels(word_ids: Sequence[int | None], tags: Sequence[str],
                  label2id: Mapping[str, int], label_all_tokens: bool = False) -> list[int]:
-    """Word-level tags -> one label id per token, from a fast tokenizer's ``word_ids()``.
+    """Word-level tags -> one label id per token, from a fast tokenizer's `word_ids()`.
 
-    Special tokens (``word_id`` is ``None``: ``[CLS]``, ``[SEP]``, padding) get ``-100``. The
-    first sub-word of each word gets the word's tag. The remaining sub-words get ``-100`` too,
+    Special tokens (`word_id` is `None`: `[CLS]`, `[SEP]`, padding) get `-100`. The
+    first sub-word of each word gets the word's tag. The remaining sub-words get `-100` too,
     so every word counts once in the loss, however many pieces it has; with
-    ``label_all_tokens=True`` they get the word's tag instead, with ``B-x`` turned into ``I-x``
+    `label_all_tokens=True` they get the word's tag instead, with `B-x` turned into `I-x`
     (a word has only one beginning). Words cut off by truncation simply do not appear.
     """
     labels, previous = [], None
@@ -117,8 +117,8 @@ def _tag_id(tag: str, label2id: Mapping[str, int]) -> int:
 
 
 def naive_labels(tags: Sequence[str], label2id: Mapping[str, int], length: int) -> list[int]:
-    """What many tutorials do: ``-100`` for ``[CLS]``, then the word tags in order, truncated or
-    padded with ``-100`` to the number of *tokens*, as if token ``i + 1`` were word ``i``. It is
+    """What many tutorials do: `-100` for `[CLS]`, then the word tags in order, truncated or
+    padded with `-100` to the number of *tokens*, as if token `i + 1` were word `i`. It is
     right until the first word that splits into several pieces; after that every label sits on
     the wrong token. Kept here to measure how much that costs."""
     ids = [IGNORE_INDEX] + [_tag_id(tag, label2id) for tag in tags]
@@ -126,16 +126,16 @@ def naive_labels(tags: Sequence[str], label2id: Mapping[str, int], length: int) 
 
 
 def naive_misplaced(word_ids: Sequence[int | None], n_words: int) -> list[bool]:
-    """For each word, whether :func:`naive_labels` puts its tag on a token of *another* word
-    (or on a special token, or past the end): word ``i`` is correct only if token ``i + 1`` is
-    the first piece of word ``i``."""
+    """For each word, whether `naive_labels` puts its tag on a token of *another* word
+    (or on a special token, or past the end): word `i` is correct only if token `i + 1` is
+    the first piece of word `i`."""
     word_ids = list(word_ids)
     return [not (i + 1 < len(word_ids) and word_ids[i + 1] == i
                  and word_ids[i] != i) for i in range(n_words)]
 
 
 def _check_fast(tokenizer, alignment: str = "first") -> None:
-    """Alignment needs a fast tokenizer's ``word_ids()`` and offsets, and a known rule."""
+    """Alignment needs a fast tokenizer's `word_ids()` and offsets, and a known rule."""
     if not getattr(tokenizer, "is_fast", False):
         raise TypeError("a fast tokenizer is needed (it provides word_ids() and offset "
                         "mappings): load it with AutoTokenizer.from_pretrained(path)")
@@ -154,11 +154,11 @@ def _check_sentences(sentences, label2id=None) -> None:
 def encode_tagged(tokenizer, sentences: Sequence[tuple[Sequence[str], Sequence[str]]],
                   label2id: Mapping[str, int], max_length: int = 128,
                   alignment: str = "first", shapes: bool = False) -> list[dict[str, list[int]]]:
-    """Tokenize ``(words, tags)`` sentences into features ``{input_ids, attention_mask,
-    labels}`` (lists, unpadded), with labels from :func:`align_labels` (``alignment="first"``,
-    or ``"all"`` for ``label_all_tokens``) or :func:`naive_labels` (``"naive"``).
-    ``shapes=True`` adds ``shape_ids`` (:func:`token_shapes`), the input of a
-    :class:`CaseChannel` model."""
+    """Tokenize `(words, tags)` sentences into features `{input_ids, attention_mask,
+    labels}` (lists, unpadded), with labels from `align_labels` (`alignment="first"`,
+    or `"all"` for `label_all_tokens`) or `naive_labels` (`"naive"`).
+    `shapes=True` adds `shape_ids` (`token_shapes`), the input of a
+    `CaseChannel` model."""
     _check_fast(tokenizer, alignment)
     _check_sentences(sentences, label2id)
     encoding = tokenizer([list(words) for words, _ in sentences], is_split_into_words=True,
@@ -187,9 +187,9 @@ SHAPES = ("no word", "lower", "Capitalised", "UPPER", "mIxed", "no letters")
 
 
 def word_shape(word: str) -> int:
-    """The case pattern of ``word`` as an index into :data:`SHAPES`: ``lower`` ("talks"),
-    ``Capitalised`` ("Blair", also a single capital: "I"), ``UPPER`` ("BBC"), ``mIxed``
-    ("McDonald", "eBay") or ``no letters`` ("2004", "%"). These are the word-shape features that
+    """The case pattern of `word` as an index into `SHAPES`: `lower` ("talks"),
+    `Capitalised` ("Blair", also a single capital: "I"), `UPPER` ("BBC"), `mIxed`
+    ("McDonald", "eBay") or `no letters` ("2004", "%"). These are the word-shape features that
     classical taggers (and spaCy) feed to their models."""
     letters = [c for c in word if c.isalpha()]
     if not letters:
@@ -204,8 +204,8 @@ def word_shape(word: str) -> int:
 
 
 def token_shapes(word_ids: Sequence[int | None], words: Sequence[str]) -> list[int]:
-    """One shape id per token: the :func:`word_shape` of the word the token came from (every
-    sub-word of "Kaepernick" is ``Capitalised``), 0 for special tokens."""
+    """One shape id per token: the `word_shape` of the word the token came from (every
+    sub-word of "Kaepernick" is `Capitalised`), 0 for special tokens."""
     shapes = [word_shape(w) for w in words]
     return [0 if w is None else shapes[w] for w in word_ids]
 
@@ -215,13 +215,13 @@ class CaseChannel(torch.nn.Module):
 
     MiniLM lower-cases its input, so "Apple" and "apple" reach it as the same tokens. A
     classical tagger would look at the word's shape; here each token's shape id
-    (:data:`SHAPES`) selects a learned vector :math:`s` that is added to its word embedding,
+    (`SHAPES`) selects a learned vector :math:`s` that is added to its word embedding,
     :math:`e_t = E[x_t] + S[\text{shape}_t]`, before the position embeddings and the layers
     (the same place BERT adds its segment embeddings). :math:`S` starts at zero, so before
     training the model computes exactly what the wrapped model computes.
 
-    ``forward`` takes the wrapped model's batch plus ``shape_ids`` (from
-    ``encode_tagged(..., shapes=True)``); without them it is the wrapped model."""
+    `forward` takes the wrapped model's batch plus `shape_ids` (from
+    `encode_tagged(..., shapes=True)`); without them it is the wrapped model."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -249,8 +249,8 @@ class CaseChannel(torch.nn.Module):
 
 def collate(features: Sequence[Mapping[str, object]], pad_token_id: int = 0
             ) -> dict[str, torch.Tensor]:
-    """Pad a list of features into a batch of tensors: ``input_ids`` with ``pad_token_id``,
-    ``labels`` with ``-100``, other sequences with 0; scalar fields (``start_positions``) are
+    """Pad a list of features into a batch of tensors: `input_ids` with `pad_token_id`,
+    `labels` with `-100`, other sequences with 0; scalar fields (`start_positions`) are
     stacked."""
     batch = {}
     for key, first in features[0].items():
@@ -266,8 +266,8 @@ def collate(features: Sequence[Mapping[str, object]], pad_token_id: int = 0
 
 def make_loader(features: Sequence[Mapping[str, object]], batch_size: int, seed: int = 0,
                 pad_token_id: int = 0, shuffle: bool = True) -> DataLoader:
-    """A ``DataLoader`` over features that pads each batch to its longest member; the shuffle
-    order comes from a generator seeded with ``seed``, so runs repeat exactly."""
+    """A `DataLoader` over features that pads each batch to its longest member; the shuffle
+    order comes from a generator seeded with `seed`, so runs repeat exactly."""
     if not len(features):
         raise ValueError("features is empty: there is nothing to train on")
     return DataLoader(list(features), batch_size=batch_size, shuffle=shuffle, num_workers=0,
@@ -291,13 +291,13 @@ def _from_pretrained(model_class, path, freeze_embeddings: bool, **kwargs):
 
 def token_classifier(labels: Sequence[str], path=None, freeze_embeddings: bool = True,
                      case_channel: bool = False):
-    """MiniLM (or the BERT at ``path``) with a fresh linear head over ``labels``.
+    """MiniLM (or the BERT at `path`) with a fresh linear head over `labels`.
 
-    ``freeze_embeddings`` keeps the 30,522 x 384 word-embedding matrix (half of MiniLM's
+    `freeze_embeddings` keeps the 30,522 x 384 word-embedding matrix (half of MiniLM's
     parameters) fixed: the optimizer then has half the work, and the embeddings of words that
     are rare in the fine-tuning data are not pulled around by the few that occur.
-    ``case_channel=True`` wraps the model in a :class:`CaseChannel` (train it on features
-    encoded with ``shapes=True``). Seed first for a repeatable head."""
+    `case_channel=True` wraps the model in a `CaseChannel` (train it on features
+    encoded with `shapes=True`). Seed first for a repeatable head."""
     label2id, id2label = label_maps(labels)
     from transformers import AutoModelForTokenClassification
 
@@ -307,7 +307,7 @@ def token_classifier(labels: Sequence[str], path=None, freeze_embeddings: bool =
 
 
 def qa_model(path=None, freeze_embeddings: bool = True):
-    """MiniLM (or the BERT at ``path``) with a fresh 2-unit head: start and end logits."""
+    """MiniLM (or the BERT at `path`) with a fresh 2-unit head: start and end logits."""
     from transformers import AutoModelForQuestionAnswering
 
     return _from_pretrained(AutoModelForQuestionAnswering, path, freeze_embeddings)
@@ -319,10 +319,10 @@ def qa_model(path=None, freeze_embeddings: bool = True):
 def predict_word_tags(model, tokenizer, sentences: Sequence[Sequence[str]],
                       id2label: Mapping[int, str], max_length: int = 128, batch_size: int = 64,
                       alignment: str = "first") -> list[list[str]]:
-    """One predicted tag per word: the argmax at each word's *first* sub-word (``"first"`` or
-    ``"all"``), or at token ``i + 1`` for word ``i`` (``"naive"``, how a model trained with
-    :func:`naive_labels` is read). Words that were truncated away are tagged ``O``. A
-    :class:`CaseChannel` model is given the words' shapes."""
+    """One predicted tag per word: the argmax at each word's *first* sub-word (`"first"` or
+    `"all"`), or at token `i + 1` for word `i` (`"naive"`, how a model trained with
+    `naive_labels` is read). Words that were truncated away are tagged `O`. A
+    `CaseChannel` model is given the words' shapes."""
     _check_fast(tokenizer, alignment)
     results = []
     with eval_mode(model):
@@ -367,7 +367,7 @@ def entity_scores(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequen
 
 def entity_report(true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]
                   ) -> pd.DataFrame:
-    """seqeval's per-type report as a ``DataFrame`` (precision, recall, f1, support)."""
+    """seqeval's per-type report as a `DataFrame` (precision, recall, f1, support)."""
     from seqeval.metrics import classification_report
 
     _check_same_shape(true_tags, pred_tags)
@@ -384,12 +384,12 @@ DISAGREEMENTS = ("type", "boundary", "only predicted", "only reference")
 def disagreements(words: Sequence[Sequence[str]], true_tags: Sequence[Sequence[str]],
                   pred_tags: Sequence[Sequence[str]]) -> pd.DataFrame:
     """Where a prediction and a reference disagree, entity by entity, with the kind of each
-    disagreement (:data:`DISAGREEMENTS`): the same words with another ``type``; overlapping
-    words with other boundaries (``boundary``, one row per overlapping pair, so a reference
-    entity split in two gives two rows); an entity ``only predicted``, overlapping none of the
-    reference; one ``only reference``, overlapping no prediction. Columns: ``sentence``
-    (index), ``kind``, ``type`` (the reference entity's, else the predicted one's),
-    ``reference`` and ``predicted`` (``"TYPE: words"``, empty if none) and ``text`` (the
+    disagreement (`DISAGREEMENTS`): the same words with another `type`; overlapping
+    words with other boundaries (`boundary`, one row per overlapping pair, so a reference
+    entity split in two gives two rows); an entity `only predicted`, overlapping none of the
+    reference; one `only reference`, overlapping no prediction. Columns: `sentence`
+    (index), `kind`, `type` (the reference entity's, else the predicted one's),
+    `reference` and `predicted` (`"TYPE: words"`, empty if none) and `text` (the
     sentence). Entity-F1 tells *how much* two taggers disagree; this tells *how*."""
     _check_same_shape(true_tags, pred_tags)
     _check_same_shape(words, true_tags, ("words", "true tags"))
@@ -422,7 +422,7 @@ def disagreements(words: Sequence[Sequence[str]], true_tags: Sequence[Sequence[s
 
 
 def _check_same_shape(first, second, names=("true tags", "predicted tags")) -> None:
-    """Raise unless ``first`` and ``second`` hold as many sentences, each with as many items."""
+    """Raise unless `first` and `second` hold as many sentences, each with as many items."""
     bad = [i for i, (a, b) in enumerate(zip(first, second, strict=False)) if len(a) != len(b)]
     where = "" if not bad else (f"; sentence {bad[0]} has {len(first[bad[0]])} {names[0]} but "
                                 f"{len(second[bad[0]])} {names[1]}")
@@ -434,7 +434,7 @@ def _check_same_shape(first, second, names=("true tags", "predicted tags")) -> N
 def ner_eval_fn(tokenizer, sentences: Sequence[tuple[Sequence[str], Sequence[str]]],
                 id2label: Mapping[int, str], max_length: int = 128, alignment: str = "first"
                 ) -> Callable[[torch.nn.Module], dict[str, float]]:
-    """An ``eval_fn`` for the trainer: entity F1 of the model on ``sentences``."""
+    """An `eval_fn` for the trainer: entity F1 of the model on `sentences`."""
     _check_sentences(sentences)
     words = [list(w) for w, _ in sentences]
     gold = [list(t) for _, t in sentences]
@@ -453,14 +453,14 @@ def train_tagger(tokenizer, sentences: Sequence[tuple[Sequence[str], Sequence[st
                  eval_sentences: Sequence[tuple[Sequence[str], Sequence[str]]] | None = None,
                  evals: int = 8, alignment: str = "first", case_channel: bool = False,
                  seed: int = 0, device=None, profile: str | None = None, desc: str = "NER"):
-    """Train a MiniLM tagger on ``(words, tags)`` sentences; return ``(model, history)``.
+    """Train a MiniLM tagger on `(words, tags)` sentences; return `(model, history)`.
 
     Notebook 05's recipe in one call: encode once (tags aligned to sub-words by
-    ``alignment``; word shapes too when ``case_channel``), seed, build
-    ``token_classifier(labels)`` (word embeddings frozen), then run the course trainer for
-    ``steps`` shuffled batches of ``batch_size`` with AdamW, 10% warm-up and linear decay.
-    With ``eval_sentences``, entity F1 on them is logged ``evals`` times (column
-    ``entity_f1`` of the history).
+    `alignment`; word shapes too when `case_channel`), seed, build
+    `token_classifier(labels)` (word embeddings frozen), then run the course trainer for
+    `steps` shuffled batches of `batch_size` with AdamW, 10% warm-up and linear decay.
+    With `eval_sentences`, entity F1 on them is logged `evals` times (column
+    `entity_f1` of the history).
     """
     label2id, id2label = label_maps(labels)
     features = encode_tagged(tokenizer, sentences, label2id, max_length, alignment=alignment,
@@ -489,11 +489,11 @@ def _split_tag(tag: str) -> tuple[str, str]:
 
 
 def bio_to_spans(tags: Sequence[str]) -> list[tuple[str, int, int]]:
-    """BIO tags -> entities ``(type, start, end)`` over word positions, ``end`` exclusive.
+    """BIO tags -> entities `(type, start, end)` over word positions, `end` exclusive.
 
-    The conlleval rules seqeval uses by default: an entity starts at ``B-x``, or at an ``I-x``
-    that does not continue an entity of the same type (``O I-x`` is read as ``B-x``); it goes
-    on while ``I-x`` follows. ``B-x B-x`` is two adjacent entities."""
+    The conlleval rules seqeval uses by default: an entity starts at `B-x`, or at an `I-x`
+    that does not continue an entity of the same type (`O I-x` is read as `B-x`); it goes
+    on while `I-x` follows. `B-x B-x` is two adjacent entities."""
     spans, current = [], None  # current = [type, start]
     for position, tag in enumerate(tags):
         prefix, kind = _split_tag(tag)
@@ -512,7 +512,7 @@ WORD_PATTERN = re.compile(r"\w+(?:['’.\-]\w+)*|[^\w\s]")
 
 def split_words(text: str) -> list[tuple[str, int, int]]:
     """Split text into words and punctuation marks, each with its character offsets
-    ``(word, start, end)``, so that word-level entities can be mapped back to characters."""
+    `(word, start, end)`, so that word-level entities can be mapped back to characters."""
     if not text.strip():
         raise ValueError("text is empty: type a sentence")
     return [(m.group(), m.start(), m.end()) for m in WORD_PATTERN.finditer(text)]
@@ -521,7 +521,7 @@ def split_words(text: str) -> list[tuple[str, int, int]]:
 def extract_entities(model, tokenizer, text: str, id2label: Mapping[int, str],
                      max_length: int = 128) -> list[dict[str, object]]:
     """Tag a raw string: split it into words, predict a tag per word (first sub-word), read the
-    BIO tags as spans and return them as ``{type, start, end, text}`` with character offsets."""
+    BIO tags as spans and return them as `{type, start, end, text}` with character offsets."""
     words = split_words(text)
     tags = predict_word_tags(model, tokenizer, [[w for w, _, _ in words]], id2label, max_length)[0]
     entities = []
@@ -535,8 +535,8 @@ PALETTE = ("#fde68a", "#bfdbfe", "#bbf7d0", "#fecaca", "#ddd6fe", "#fed7aa", "#a
 
 
 def entities_html(text: str, entities: Sequence[Mapping[str, object]]) -> str:
-    """Highlight entities (``{type, start, end}`` with character offsets, not overlapping) in
-    ``text`` as HTML ``<mark>`` elements, one colour per type."""
+    """Highlight entities (`{type, start, end}` with character offsets, not overlapping) in
+    `text` as HTML `<mark>` elements, one colour per type."""
     types = sorted({str(e["type"]) for e in entities})
     colour = {kind: PALETTE[i % len(PALETTE)] for i, kind in enumerate(types)}
     parts, cursor = [], 0
@@ -560,7 +560,7 @@ SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'A-Z0-9])")
 
 
 def split_sentences(text: str) -> list[str]:
-    """Cut an article into sentences: at line breaks, and after ``.``, ``!`` or ``?`` followed by
+    """Cut an article into sentences: at line breaks, and after `.`, `!` or `?` followed by
     a space and a capital letter, digit or quote. Crude, but good enough for news text."""
     sentences = []
     for line in text.splitlines():
@@ -570,9 +570,9 @@ def split_sentences(text: str) -> list[str]:
 
 def sample_sentences(texts: Sequence[str], n: int | None, seed: int = 0, min_words: int = 6,
                      max_words: int = 40) -> list[str]:
-    """``n`` sentences drawn without replacement (seeded) from all sentences of ``texts`` that
-    have ``min_words`` to ``max_words`` words; headlines (the first line) are skipped.
-    ``n=None`` takes every such sentence, in the same seeded random order."""
+    """`n` sentences drawn without replacement (seeded) from all sentences of `texts` that
+    have `min_words` to `max_words` words; headlines (the first line) are skipped.
+    `n=None` takes every such sentence, in the same seeded random order."""
     pool = [s for text in texts for s in split_sentences(text.split("\n", 1)[-1])
             if min_words <= len(s.split()) <= max_words]
     if not pool or (n is not None and not 1 <= n <= len(pool)):
@@ -584,8 +584,8 @@ def sample_sentences(texts: Sequence[str], n: int | None, seed: int = 0, min_wor
 
 
 def silver_tags(doc, types: Sequence[str] = SILVER_TYPES) -> tuple[list[str], list[str]]:
-    """A spaCy ``Doc`` -> ``(words, tags)``: spaCy's tokens as words, its entities of ``types``
-    as BIO tags, every other entity as ``O``. Whitespace tokens are dropped."""
+    """A spaCy `Doc` -> `(words, tags)`: spaCy's tokens as words, its entities of `types`
+    as BIO tags, every other entity as `O`. Whitespace tokens are dropped."""
     tags = ["O"] * len(doc)
     for ent in doc.ents:
         if ent.label_ in types:
@@ -597,7 +597,7 @@ def silver_tags(doc, types: Sequence[str] = SILVER_TYPES) -> tuple[list[str], li
 
 
 def annotate(nlp, sentences: Sequence[str], batch_size: int = 64) -> list:
-    """Run the spaCy pipeline over sentences (``nlp.pipe``, batched); returns the ``Doc`` s."""
+    """Run the spaCy pipeline over sentences (`nlp.pipe`, batched); returns the `Doc` s."""
     return list(nlp.pipe(sentences, batch_size=batch_size))
 
 
@@ -606,8 +606,8 @@ def annotate(nlp, sentences: Sequence[str], batch_size: int = 64) -> list:
 
 @dataclass(frozen=True)
 class QAExample:
-    """One extractive-QA example: the answer is ``context[answer_start:answer_start +
-    len(answer)]``."""
+    """One extractive-QA example: the answer is `context[answer_start:answer_start +
+    len(answer)]`."""
 
     question: str
     context: str
@@ -618,7 +618,7 @@ class QAExample:
 
 def check_qa_example(example: QAExample) -> None:
     """Raise a helpful error unless the question, context and answer are non-empty and the
-    answer is exactly where ``answer_start`` says."""
+    answer is exactly where `answer_start` says."""
     empty = [field for field in ("question", "context", "answer")
              if not getattr(example, field).strip()]
     if empty:
@@ -634,7 +634,7 @@ def check_qa_example(example: QAExample) -> None:
 
 
 def templated_question(sentence: str, start: int, end: int, wh: str) -> str:
-    """Turn a sentence into a question about its span ``[start, end)`` by replacing the span
+    """Turn a sentence into a question about its span `[start, end)` by replacing the span
     with a question word: "Blair met Bush in Washington." -> "Blair met Bush in where?"."""
     if not 0 <= start < end <= len(sentence):
         raise ValueError(f"span [{start}, {end}) is not inside the sentence")
@@ -648,12 +648,12 @@ def qa_examples_from_articles(nlp, articles: Sequence[str], n: int, seed: int = 
                               max_answer_words: int = 6) -> list[QAExample]:
     """Templated who/where/when questions about spaCy's entities in news articles.
 
-    For ``per_article`` random sentences of each article (articles in a seeded random order),
-    spaCy finds entities; for each entity of a type in ``wh_words`` (at most one question per
+    For `per_article` random sentences of each article (articles in a seeded random order),
+    spaCy finds entities; for each entity of a type in `wh_words` (at most one question per
     sentence, the first such entity whose text occurs only once in the context), the question
     is the sentence with the entity replaced by the question word, the context is the sentence
-    with ``context_sentences`` neighbours on each side, and the answer is the entity. Stops after
-    ``n`` examples."""
+    with `context_sentences` neighbours on each side, and the answer is the entity. Stops after
+    `n` examples."""
     rng = random.Random(seed)
     order = list(range(len(articles)))
     rng.shuffle(order)
@@ -703,7 +703,7 @@ def _question_for(doc, sentences, i, context_sentences, wh_words, max_answer_wor
 class QAFeatures:
     """Windows of (question, context) pairs ready for the model, plus what is needed to map
     predictions back: the example each window came from and, per token, its character offsets
-    in the context (``None`` for question and special tokens)."""
+    in the context (`None` for question and special tokens)."""
 
     features: list[dict[str, object]]
     example_index: list[int]
@@ -715,12 +715,12 @@ class QAFeatures:
 
 def build_qa_features(tokenizer, examples: Sequence[QAExample], max_length: int = 384,
                       stride: int = 128, train: bool = True) -> QAFeatures:
-    """Tokenize ``[CLS] question [SEP] context [SEP]``, cutting long contexts into windows of
-    ``max_length`` tokens that overlap by ``stride`` tokens (``return_overflowing_tokens``).
+    """Tokenize `[CLS] question [SEP] context [SEP]`, cutting long contexts into windows of
+    `max_length` tokens that overlap by `stride` tokens (`return_overflowing_tokens`).
 
-    With ``train=True`` every window gets ``start_positions`` / ``end_positions``: the tokens
-    holding the first and last character of the answer, or 0 (``[CLS]``) for a window that does
-    not contain the whole answer, which teaches the model to point at ``[CLS]`` for "not here".
+    With `train=True` every window gets `start_positions` / `end_positions`: the tokens
+    holding the first and last character of the answer, or 0 (`[CLS]`) for a window that does
+    not contain the whole answer, which teaches the model to point at `[CLS]` for "not here".
     """
     _check_fast(tokenizer)
     if not len(examples):
@@ -775,12 +775,12 @@ def _answer_tokens(offsets, example: QAExample) -> tuple[int, int]:
 def best_span(start_logits: Sequence[float], end_logits: Sequence[float],
               context_mask: Sequence[bool], n_best: int = 20, max_answer_len: int = 30
               ) -> tuple[float, int, int] | None:
-    """The best answer span in one window: ``(score, start, end)`` with token positions,
-    ``end`` inclusive, or ``None`` if no span is allowed.
+    """The best answer span in one window: `(score, start, end)` with token positions,
+    `end` inclusive, or `None` if no span is allowed.
 
-    Candidates are the top-``n_best`` starts times the top-``n_best`` ends; a pair is allowed
-    when both tokens are context tokens (``context_mask``), ``end >= start`` and the span has at
-    most ``max_answer_len`` tokens. Its score is ``start_logit + end_logit`` (the log of an
+    Candidates are the top-`n_best` starts times the top-`n_best` ends; a pair is allowed
+    when both tokens are context tokens (`context_mask`), `end >= start` and the span has at
+    most `max_answer_len` tokens. Its score is `start_logit + end_logit` (the log of an
     unnormalised probability of the span)."""
     start_logits = torch.as_tensor(start_logits, dtype=torch.float32).flatten()
     end_logits = torch.as_tensor(end_logits, dtype=torch.float32).flatten()
@@ -805,9 +805,9 @@ def best_span(start_logits: Sequence[float], end_logits: Sequence[float],
 def predict_answers(model, tokenizer, examples: Sequence[QAExample], max_length: int = 384,
                     stride: int = 128, n_best: int = 20, max_answer_len: int = 30,
                     batch_size: int = 64) -> list[dict[str, object]]:
-    """Answer each example: run every window, take :func:`best_span` per window, keep the best
+    """Answer each example: run every window, take `best_span` per window, keep the best
     score over the example's windows, and map its tokens back to characters of the context.
-    Returns ``{answer, score, start, end, window}`` per example (``answer`` is ``""`` when no
+    Returns `{answer, score, start, end, window}` per example (`answer` is `""` when no
     window allows a span)."""
     windows = build_qa_features(tokenizer, examples, max_length, stride, train=False)
     best: list[dict[str, object]] = [{"answer": "", "score": float("-inf"), "start": -1,

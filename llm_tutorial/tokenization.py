@@ -20,8 +20,8 @@ vocabulary has the size we asked for.
   is never an unknown token.
 * **WordPiece** (BERT) merges the pair with the best score
   $\\mathrm{count}(ab) / (\\mathrm{count}(a)\\,\\mathrm{count}(b))$, which favours pairs that occur
-  together more often than chance. Pieces inside a word carry a ``##`` prefix; a word whose
-  characters were never seen becomes ``[UNK]``.
+  together more often than chance. Pieces inside a word carry a `##` prefix; a word whose
+  characters were never seen becomes `[UNK]`.
 
 This module trains the three kinds (character, WordPiece, byte-level BPE) with the Rust
 [🤗 tokenizers](https://huggingface.co/docs/tokenizers) library, wraps them as 🤗 transformers
@@ -68,7 +68,7 @@ SPACE_SYMBOL = "▁"  # how the character tokenizer shows a space (as SentencePi
 
 
 def _check_texts(texts: Iterable[str], what: str = "texts") -> list[str]:
-    """Turn ``texts`` into a list of strings, or say clearly what is wrong with it.
+    """Turn `texts` into a list of strings, or say clearly what is wrong with it.
 
     A single string is refused on purpose: iterating over it would yield characters, and a
     tokenizer "trained" on single characters is a confusing bug to track down.
@@ -98,11 +98,11 @@ def _check_tokenizer(tokenizer: PreTrainedTokenizerBase, name: str = "tokenizer"
 
 def _wrap(backend: Tokenizer, model_max_length: int, model_input_names: list[str] | None = None,
           **special_tokens: str) -> PreTrainedTokenizerFast:
-    """Wrap a trained ``tokenizers.Tokenizer`` so that 🤗 transformers can use it.
+    """Wrap a trained `tokenizers.Tokenizer` so that 🤗 transformers can use it.
 
-    The wrapper knows which strings are the special tokens (``pad_token`` and friends), which
-    is what ``DataCollatorForLanguageModeling`` and the models' ``generate`` read, and which
-    inputs the model takes (BERT also takes ``token_type_ids``, the segment of each token).
+    The wrapper knows which strings are the special tokens (`pad_token` and friends), which
+    is what `DataCollatorForLanguageModeling` and the models' `generate` read, and which
+    inputs the model takes (BERT also takes `token_type_ids`, the segment of each token).
     """
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, model_max_length=model_max_length,
@@ -133,18 +133,18 @@ def _continuation_alphabet(backend: Tokenizer, texts: list[str]) -> tuple[list[s
 
 def train_wordpiece(texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2,
                     lowercase: bool = True, model_max_length: int = 512) -> PreTrainedTokenizerFast:
-    """Train a BERT-style WordPiece tokenizer on ``texts``.
+    """Train a BERT-style WordPiece tokenizer on `texts`.
 
-    The pipeline is BERT's: a ``BertNormalizer`` (cleans control characters, lowercases and
-    strips accents when ``lowercase``, as uncased BERT does), a ``BertPreTokenizer`` (splits on
-    whitespace and punctuation), the WordPiece model with ``##`` marking pieces that continue a
-    word, and a template that adds ``[CLS] A [SEP]`` (``[CLS] A [SEP] B [SEP]`` for pairs, with
+    The pipeline is BERT's: a `BertNormalizer` (cleans control characters, lowercases and
+    strips accents when `lowercase`, as uncased BERT does), a `BertPreTokenizer` (splits on
+    whitespace and punctuation), the WordPiece model with `##` marking pieces that continue a
+    word, and a template that adds `[CLS] A [SEP]` (`[CLS] A [SEP] B [SEP]` for pairs, with
     token type 1 for the second segment). The special tokens have ids 0 to 4 in the order of
-    :data:`BERT_SPECIAL_TOKENS`.
+    `BERT_SPECIAL_TOKENS`.
 
-    **Determinism.** The Rust trainer registers the ``##x`` form of each character in the order
+    **Determinism.** The Rust trainer registers the `##x` form of each character in the order
     it meets words in a hash map, which changes from run to run; ids, and the tie-breaks between
-    merges of equal score, then change too. We therefore register every ``##x`` up front, sorted,
+    merges of equal score, then change too. We therefore register every `##x` up front, sorted,
     next to the special tokens, and rebuild the model from the trained vocabulary so that only
     the five real special tokens stay special. Two trainings on the same texts are identical.
     """
@@ -195,15 +195,15 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 8000, min_frequency:
 
 def train_bpe(texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2,
               model_max_length: int = 1024) -> PreTrainedTokenizerFast:
-    """Train a GPT-2-style byte-level BPE tokenizer on ``texts``.
+    """Train a GPT-2-style byte-level BPE tokenizer on `texts`.
 
     The pre-tokenizer turns the text into UTF-8 bytes and shows each byte as a printable
-    character (a space becomes ``Ġ``, a newline ``Ċ``), then splits it GPT-2's way into words
+    character (a space becomes `Ġ`, a newline `Ċ`), then splits it GPT-2's way into words
     that carry their leading space. The trainer starts from all 256 byte characters, so any
     string can be spelled and no token is ever unknown; it then adds merges, most frequent pair
-    first, until the vocabulary has ``vocab_size`` entries.
+    first, until the vocabulary has `vocab_size` entries.
 
-    The one special token, ``<|endoftext|>`` (id 0), separates documents and doubles as the
+    The one special token, `<|endoftext|>` (id 0), separates documents and doubles as the
     beginning, end, padding and "unknown" token, as in GPT-2.
     """
     texts = _check_texts(texts)
@@ -233,15 +233,15 @@ def train_bpe(texts: Iterable[str], vocab_size: int = 8000, min_frequency: int =
 
 def train_char_tokenizer(texts: Iterable[str], min_frequency: int = 1,
                          model_max_length: int = 2048, bert_specials: bool = False) -> PreTrainedTokenizerFast:
-    """Train a character-level tokenizer: one token per character seen in ``texts``.
+    """Train a character-level tokenizer: one token per character seen in `texts`.
 
     It is a word-level model whose "words" are single characters: a normaliser shows spaces as
-    ``▁``, a ``Split`` pre-tokenizer cuts the text after every character, and a ``WordLevel``
-    trainer keeps the characters seen at least ``min_frequency`` times (ids after ``[PAD]`` = 0
-    and ``[UNK]`` = 1, most frequent first). A character never seen becomes ``[UNK]``. Decoding
-    turns ``▁`` back into spaces and joins the characters, so ``decode(encode(text)) == text``
-    for any text made of known characters. ``bert_specials`` adds ``[CLS]``, ``[SEP]`` and
-    ``[MASK]`` (ids 2, 3, 4), which masked-language-model pretraining needs (notebook 03).
+    `▁`, a `Split` pre-tokenizer cuts the text after every character, and a `WordLevel`
+    trainer keeps the characters seen at least `min_frequency` times (ids after `[PAD]` = 0
+    and `[UNK]` = 1, most frequent first). A character never seen becomes `[UNK]`. Decoding
+    turns `▁` back into spaces and joins the characters, so `decode(encode(text)) == text`
+    for any text made of known characters. `bert_specials` adds `[CLS]`, `[SEP]` and
+    `[MASK]` (ids 2, 3, 4), which masked-language-model pretraining needs (notebook 03).
     """
     texts = _check_texts(texts)
     _check_count("min_frequency", min_frequency, 1)
@@ -267,7 +267,7 @@ def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[lis
     """Token ids of each text, without special tokens, truncation or padding.
 
     Fast tokenizers are run through their Rust backend directly: it is quicker, and it does not
-    warn about texts longer than ``model_max_length`` (we measure, we do not feed a model). If
+    warn about texts longer than `model_max_length` (we measure, we do not feed a model). If
     someone left truncation or padding switched on in the backend, we work on a copy without it.
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -281,17 +281,17 @@ def _token_ids(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[lis
 
 
 def _pieces(tokenizer: PreTrainedTokenizerBase, text: str) -> list[str]:
-    """The token strings of ``text``, without special tokens."""
+    """The token strings of `text`, without special tokens."""
     return tokenizer.convert_ids_to_tokens(_token_ids(tokenizer, [text])[0])
 
 
 def fertility(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) -> float:
     """Mean number of tokens per word: total tokens / total whitespace-separated words.
 
-    Special tokens such as ``[CLS]`` are not counted. A fertility of 1 means every word is a
+    Special tokens such as `[CLS]` are not counted. A fertility of 1 means every word is a
     single token; English text with a good subword vocabulary lands around 1.2 to 1.5.
     Tokenizers that spell spaces (characters, byte-level BPE) count them inside their tokens:
-    ``Ġthe`` is one token, and the character tokenizer's ``▁`` is one token of its own.
+    `Ġthe` is one token, and the character tokenizer's `▁` is one token of its own.
     """
     _check_tokenizer(tokenizer)
     texts = _check_texts(texts)
@@ -301,9 +301,9 @@ def fertility(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) -> float
 
 
 def unknown_rate(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) -> float:
-    """Fraction of the tokens of ``texts`` that are the unknown token (0.0 if there is none).
+    """Fraction of the tokens of `texts` that are the unknown token (0.0 if there is none).
 
-    Every ``[UNK]`` is information thrown away: the model cannot tell ``[UNK]`` from ``[UNK]``.
+    Every `[UNK]` is information thrown away: the model cannot tell `[UNK]` from `[UNK]`.
     """
     _check_tokenizer(tokenizer)
     texts = _check_texts(texts)
@@ -317,12 +317,12 @@ def unknown_rate(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) -> fl
 
 def compare_tokenizers(tokenizers: Mapping[str, PreTrainedTokenizerBase],
                        texts: Iterable[str]) -> pd.DataFrame:
-    """One row per tokenizer, measured on ``texts``.
+    """One row per tokenizer, measured on `texts`.
 
-    Columns: ``vocab size`` (with special tokens), ``fertility`` (tokens per word),
-    ``unknown rate`` (fraction of tokens that are unknown) and ``unknown tokens`` (their number,
-    easier to read when the rate is tiny), ``tokens per document`` (mean sequence length a model
-    would see) and ``chars per token`` (how much text one token carries; the inverse view of
+    Columns: `vocab size` (with special tokens), `fertility` (tokens per word),
+    `unknown rate` (fraction of tokens that are unknown) and `unknown tokens` (their number,
+    easier to read when the rate is tiny), `tokens per document` (mean sequence length a model
+    would see) and `chars per token` (how much text one token carries; the inverse view of
     fertility). Each text is tokenized once per tokenizer.
     """
     if not isinstance(tokenizers, Mapping) or not tokenizers:
@@ -351,10 +351,10 @@ def compare_tokenizers(tokenizers: Mapping[str, PreTrainedTokenizerBase],
 
 
 def rare_word_report(tokenizer: PreTrainedTokenizerBase, words: Iterable[str]) -> pd.DataFrame:
-    """How ``tokenizer`` splits each word: columns ``word``, ``pieces`` and ``n_pieces``.
+    """How `tokenizer` splits each word: columns `word`, `pieces` and `n_pieces`.
 
     The pieces are the tokenizer's own token strings joined with spaces, so WordPiece shows
-    ``crypt ##oc ##ur ##ren ##cy`` and byte-level BPE shows its ``Ġ`` markers.
+    `crypt ##oc ##ur ##ren ##cy` and byte-level BPE shows its `Ġ` markers.
     """
     _check_tokenizer(tokenizer)
     words = _check_texts(words, "words")
@@ -382,10 +382,10 @@ def surface_vocab(tokenizer: PreTrainedTokenizerBase) -> set[str]:
     Tokenizers mark *where* a token may stand in different ways, and the marks would make two
     vocabularies look disjoint when they hold the same pieces of text. So each token is turned
     into the text it spells: the tokenizer's own decoder undoes byte-level BPE's byte mapping
-    (``Ġthe`` → ``" the"``) and SentencePiece's ``▁``, the WordPiece continuation prefix is
-    dropped (``##ing`` → ``ing``), and surrounding whitespace is stripped. Special tokens,
+    (`Ġthe` → `" the"`) and SentencePiece's `▁`, the WordPiece continuation prefix is
+    dropped (`##ing` → `ing`), and surrounding whitespace is stripped. Special tokens,
     tokens that become empty (a lone space), control characters, and byte tokens that are only
-    part of a UTF-8 character (they decode to ``�``) are left out. ``##ing`` and ``ing`` therefore count once.
+    part of a UTF-8 character (they decode to `�`) are left out. `##ing` and `ing` therefore count once.
     """
     _check_tokenizer(tokenizer)
     special = set(tokenizer.all_special_tokens)
@@ -413,11 +413,11 @@ def surface_vocab(tokenizer: PreTrainedTokenizerBase) -> set[str]:
 
 def vocab_overlap(tokenizer_a: PreTrainedTokenizerBase,
                   tokenizer_b: PreTrainedTokenizerBase) -> dict[str, float | int]:
-    """How much two vocabularies share, compared as surface strings (see :func:`surface_vocab`).
+    """How much two vocabularies share, compared as surface strings (see `surface_vocab`).
 
-    Returns ``size_a`` and ``size_b`` (vocabulary sizes as the tokenizers report them),
-    ``strings_a`` and ``strings_b`` (distinct surface strings), ``shared`` (strings in both),
-    ``jaccard`` = shared / strings in either, and ``coverage_a_by_b`` = shared / ``strings_a``:
+    Returns `size_a` and `size_b` (vocabulary sizes as the tokenizers report them),
+    `strings_a` and `strings_b` (distinct surface strings), `shared` (strings in both),
+    `jaccard` = shared / strings in either, and `coverage_a_by_b` = shared / `strings_a`:
     the fraction of a's pieces that b also has.
     """
     _check_tokenizer(tokenizer_a, "tokenizer_a")
@@ -447,7 +447,7 @@ def _visible(token: str) -> str:
 
 
 def tokens_html(tokenizer: PreTrainedTokenizerBase, text: str, name: str | None = None) -> str:
-    """An HTML snippet showing ``text`` cut into tokens, each in its own coloured box.
+    """An HTML snippet showing `text` cut into tokens, each in its own coloured box.
 
     Hovering over a box shows the token id. A header line gives the number of tokens, of
     words, and their ratio (the fertility of this one text).
@@ -470,8 +470,8 @@ def tokens_html(tokenizer: PreTrainedTokenizerBase, text: str, name: str | None 
 def token_explorer(tokenizers: Mapping[str, PreTrainedTokenizerBase], text: str = ""):
     """An ipywidgets explorer: type a text, pick a tokenizer (or all), see the tokens.
 
-    Returns a ``VBox`` with a text box, a dropdown and an HTML area that is redrawn on every
-    change. The area starts with ``text`` already tokenized.
+    Returns a `VBox` with a text box, a dropdown and an HTML area that is redrawn on every
+    change. The area starts with `text` already tokenized.
     """
     import ipywidgets as widgets
 

@@ -1,4 +1,4 @@
-"""Run, re-golden and benchmark the course notebooks (``make run``, ``make goldens``, ``make bench``).
+"""Run, re-golden and benchmark the course notebooks (`make run`, `make goldens`, `make bench`).
 
 Three subcommands, one executor::
 
@@ -7,30 +7,30 @@ Three subcommands, one executor::
     python -m llm_tutorial_build.report bench   [--out docs/results/notebooks.md] [--notebooks ...]
     python -m llm_tutorial_build.report kernel-paths [--notebooks ...]
 
-* ``run`` executes every notebook with papermill into ``outputs/NN_topic.ipynb`` (with a log
-  beside each) and writes the run's report: ``outputs/run.json`` (title, status, wall time, peak
+* `run` executes every notebook with papermill into `outputs/NN_topic.ipynb` (with a log
+  beside each) and writes the run's report: `outputs/run.json` (title, status, wall time, peak
   memory, error of each notebook; profile, device, machine), which the site renders as its page
-  ``run.html`` (`llm_tutorial_build.site`, the course's one HTML renderer), and ``outputs/run.md``,
+  `run.html` (`llm_tutorial_build.site`, the course's one HTML renderer), and `outputs/run.md`,
   the same as Markdown. It exits non-zero if any notebook failed, after writing the report that
   marks the failure.
-* ``goldens`` re-executes notebooks in the ``smoke`` profile and writes them back in place,
+* `goldens` re-executes notebooks in the `smoke` profile and writes them back in place,
   outputs kept, volatile metadata (timings, papermill and widget state, kernel version) removed:
-  these committed outputs are what ``nbval`` compares against in ``make test``. It records in the
-  notebook's metadata which path through PyTorch's CPU kernels made them (``AVX512``, ``AVX2``).
-* ``kernel-paths`` prints, per line, a kernel path other than the one that made a notebook's
-  committed outputs and the notebooks to check on it (``make repro``; see :func:`repro_path`).
-* ``bench`` executes notebooks in the ``smoke`` profile one at a time and writes a Markdown table
+  these committed outputs are what `nbval` compares against in `make test`. It records in the
+  notebook's metadata which path through PyTorch's CPU kernels made them (`AVX512`, `AVX2`).
+* `kernel-paths` prints, per line, a kernel path other than the one that made a notebook's
+  committed outputs and the notebooks to check on it (`make repro`; see `repro_path`).
+* `bench` executes notebooks in the `smoke` profile one at a time and writes a Markdown table
   of wall time and peak memory against the course budget (150 s and 2 GB per notebook on a
   2-core CPU).
 
-Each notebook runs as ``python -m papermill`` in a child process, with the interpreter running
-this module, so the kernel (``python3``, resolved by jupyter_client to ``sys.executable``) is the
+Each notebook runs as `python -m papermill` in a child process, with the interpreter running
+this module, so the kernel (`python3`, resolved by jupyter_client to `sys.executable`) is the
 one of this environment. **Peak RSS** is measured two ways and the larger is reported:
 
 1. the summed resident memory of the kernel process tree (every descendant of the papermill
    process), sampled every 0.2 s with psutil;
 2. the exact high-water mark of the largest single process in the papermill subtree, from
-   ``os.wait4``'s resource usage (``ru_maxrss``; the kernel is a grandchild, which papermill
+   `os.wait4`'s resource usage (`ru_maxrss`; the kernel is a grandchild, which papermill
    reaps, so it is included). This catches spikes shorter than the sampling interval.
 """
 
@@ -80,12 +80,12 @@ VOLATILE_CELL_METADATA = ("papermill", "execution", "ExecuteTime")
 
 
 def discover_notebooks(directory: Path = NOTEBOOKS_DIR) -> list[Path]:
-    """The course notebooks ``NN_topic.ipynb`` in ``directory``, sorted by name."""
+    """The course notebooks `NN_topic.ipynb` in `directory`, sorted by name."""
     return sorted(p for p in Path(directory).glob(NOTEBOOK_GLOB) if p.is_file())
 
 
 def notebook_title(nb: Mapping[str, Any], default: str = "") -> str:
-    """The first Markdown heading of a notebook (without the ``#``), else ``default``."""
+    """The first Markdown heading of a notebook (without the `#`), else `default`."""
     for cell in nb.get("cells", []):
         if cell.get("cell_type") != "markdown":
             continue
@@ -129,7 +129,7 @@ class NotebookResult:
 
 
 def _tree_rss_bytes(pid: int) -> int:
-    """Summed RSS of every descendant of ``pid`` (the kernel and anything it spawned)."""
+    """Summed RSS of every descendant of `pid` (the kernel and anything it spawned)."""
     import psutil
 
     try:
@@ -153,7 +153,7 @@ def _maxrss_mb(rusage: Any) -> float:
 
 
 def _wait_sampling(proc: subprocess.Popen, interval: float) -> tuple[int, float, float]:
-    """Wait for ``proc``, sampling its process tree; return (returncode, tree MB, maxrss MB)."""
+    """Wait for `proc`, sampling its process tree; return (returncode, tree MB, maxrss MB)."""
     peak = 0
     if not hasattr(os, "wait4"):  # Windows: sampling only
         while proc.poll() is None:
@@ -174,7 +174,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _log_tail(text: str, n_lines: int = 15) -> str:
-    """Papermill's error message (from ``PapermillExecutionError`` on), else the log's last lines."""
+    """Papermill's error message (from `PapermillExecutionError` on), else the log's last lines."""
     text = _ANSI.sub("", text)
     marker = text.rfind("PapermillExecutionError")
     if marker >= 0:
@@ -205,14 +205,14 @@ def execute_notebook(
     interval: float = SAMPLE_INTERVAL_S,
     progress: str | None = None,
 ) -> NotebookResult:
-    """Execute ``source`` into ``output`` with papermill in a child process, measuring it.
+    """Execute `source` into `output` with papermill in a child process, measuring it.
 
-    ``profile`` sets ``$LLM_TUTORIAL_PROFILE`` for the kernel; ``parameters`` are injected as raw
-    strings into the notebook's ``parameters`` cell (papermill adds an "injected-parameters"
-    cell, so leave them out when the result is to be committed). The kernel starts in ``cwd``
-    (default: the notebook's folder). ``timeout`` is papermill's per-cell execution timeout.
-    ``progress="text"`` draws the course's progress bars as text and has papermill copy the
-    cells' output into its log, so that ``log`` shows how far each loop got.
+    `profile` sets `$LLM_TUTORIAL_PROFILE` for the kernel; `parameters` are injected as raw
+    strings into the notebook's `parameters` cell (papermill adds an "injected-parameters"
+    cell, so leave them out when the result is to be committed). The kernel starts in `cwd`
+    (default: the notebook's folder). `timeout` is papermill's per-cell execution timeout.
+    `progress="text"` draws the course's progress bars as text and has papermill copy the
+    cells' output into its log, so that `log` shows how far each loop got.
     """
     source, output = Path(source).resolve(), Path(output).resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -281,9 +281,9 @@ def execute_notebook(
 def strip_volatile_metadata(nb: Any) -> Any:
     """Remove what changes on every execution from a notebook (in place); return it.
 
-    Removed: notebook-level ``papermill``, ``widgets`` (widget state) and ``execution``
-    metadata, the kernel's ``language_info.version``; per cell the ``papermill``, ``execution``
-    (nbclient timestamps) and ``ExecuteTime`` metadata, and empty ``tags`` lists. Outputs and
+    Removed: notebook-level `papermill`, `widgets` (widget state) and `execution`
+    metadata, the kernel's `language_info.version`; per cell the `papermill`, `execution`
+    (nbclient timestamps) and `ExecuteTime` metadata, and empty `tags` lists. Outputs and
     execution counts stay: they are the goldens.
     """
     metadata = nb.setdefault("metadata", {})
@@ -302,10 +302,10 @@ def strip_volatile_metadata(nb: Any) -> Any:
 
 
 def regenerate_golden(path: Path, *, timeout: int | None = None) -> NotebookResult:
-    """Re-execute ``path`` in the smoke profile and, if it succeeds, write it back in place.
+    """Re-execute `path` in the smoke profile and, if it succeeds, write it back in place.
 
-    The kernel starts in the notebook's folder with ``$LLM_TUTORIAL_PROFILE=smoke`` and without
-    ``$OMP_NUM_THREADS`` (as in CI), and no parameters are injected. On failure the notebook is
+    The kernel starts in the notebook's folder with `$LLM_TUTORIAL_PROFILE=smoke` and without
+    `$OMP_NUM_THREADS` (as in CI), and no parameters are injected. On failure the notebook is
     left untouched.
     """
     path = Path(path).resolve()
@@ -324,25 +324,25 @@ def regenerate_golden(path: Path, *, timeout: int | None = None) -> NotebookResu
 
 
 def cpu_kernel_path() -> str:
-    """The path through PyTorch's CPU kernels this process takes (``AVX512``, ``AVX2``,
-    ``DEFAULT``...): the CPU's best, unless ``$ATEN_CPU_CAPABILITY`` forces a lower one."""
+    """The path through PyTorch's CPU kernels this process takes (`AVX512`, `AVX2`,
+    `DEFAULT`...): the CPU's best, unless `$ATEN_CPU_CAPABILITY` forces a lower one."""
     import torch  # here, not at the top: `run` and `bench` need no torch in this process
 
     return torch.backends.cpu.get_cpu_capability()
 
 
 def goldens_kernel_path(nb: Mapping[str, Any]) -> str:
-    """The kernel path recorded by ``goldens`` in ``nb``'s metadata (AVX-512 before it was)."""
+    """The kernel path recorded by `goldens` in `nb`'s metadata (AVX-512 before it was)."""
     return nb.get("metadata", {}).get("llm_tutorial", {}).get(GOLDENS_PATH_KEY, GOLDENS_PATH_BEFORE_KEY)
 
 
 def repro_path(made_with: str, native: str) -> str:
-    """Which ``$ATEN_CPU_CAPABILITY`` makes nbval compare outputs made on path ``made_with`` with
-    another path, on a CPU whose own path is ``native``; ``""`` means the CPU's own.
+    """Which `$ATEN_CPU_CAPABILITY` makes nbval compare outputs made on path `made_with` with
+    another path, on a CPU whose own path is `native`; `""` means the CPU's own.
 
     A float sum or softmax rounds differently on each path, so outputs that nbval compares must
     come out the same on any two. The CPU's own path is the fastest, so it is used whenever it
-    differs from ``made_with``; otherwise AVX2 below AVX-512, else PyTorch's unvectorised
+    differs from `made_with`; otherwise AVX2 below AVX-512, else PyTorch's unvectorised
     default (about 1.7x slower).
 
     >>> repro_path("AVX512", "AVX2"), repro_path("AVX512", "AVX512"), repro_path("AVX2", "AVX2")
@@ -354,7 +354,7 @@ def repro_path(made_with: str, native: str) -> str:
 
 
 def kernel_path_plan(notebooks: Iterable[Path], native: str) -> dict[str, list[Path]]:
-    """Notebooks grouped by the path :func:`repro_path` picks for each (``"native"`` for ``""``)."""
+    """Notebooks grouped by the path `repro_path` picks for each (`"native"` for `""`)."""
     plan: dict[str, list[Path]] = {}
     for path in notebooks:
         made_with = goldens_kernel_path(nbformat.read(path, as_version=4))
@@ -385,8 +385,8 @@ def run_notebooks(
     timeout: int | None = None,
     echo: bool = True,
 ) -> tuple[list[NotebookResult], Path]:
-    """Execute ``notebooks`` into ``out_dir`` and write the run's report (``run.json``, rendered
-    by the site as ``run.html``, and ``run.md``); return (results, path of ``run.json``)."""
+    """Execute `notebooks` into `out_dir` and write the run's report (`run.json`, rendered
+    by the site as `run.html`, and `run.md`); return (results, path of `run.json`)."""
     resolved, device = _device_for(profile)
     out_dir = Path(out_dir)
     results = []
@@ -410,8 +410,8 @@ def run_notebooks(
 
 def write_run_report(results: Sequence[NotebookResult], out_dir: Path, *, profile: str, device: str,
                      machine: Mapping[str, str]) -> Path:
-    """``out_dir/run.json``: what the site's run page shows, one entry per notebook (paths
-    relative to ``out_dir``)."""
+    """`out_dir/run.json`: what the site's run page shows, one entry per notebook (paths
+    relative to `out_dir`)."""
     out_dir = Path(out_dir)
     report = {
         "profile": profile, "device": device, "machine": dict(machine),
@@ -432,9 +432,9 @@ def write_run_report(results: Sequence[NotebookResult], out_dir: Path, *, profil
 def format_run_summary(
     results: Sequence[NotebookResult], machine: Mapping[str, str], *, profile: str, device: str
 ) -> str:
-    """``outputs/run.md``: status, wall time and peak RSS of each notebook of a ``make run``,
+    """`outputs/run.md`: status, wall time and peak RSS of each notebook of a `make run`,
     with the machine (GPU included). A full-profile run on a GPU is committed as
-    ``docs/results/gpu.md``; the notebooks' quality numbers are in their own pages and logs."""
+    `docs/results/gpu.md`; the notebooks' quality numbers are in their own pages and logs."""
     n_ok = sum(r.ok for r in results)
     lines = [
         f"# `make run`, {profile} profile, on {machine.get('gpu', device)}",
@@ -469,7 +469,7 @@ def _version(package: str) -> str:
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model name from ``/proc/cpuinfo``, else what ``platform`` knows."""
+    """The CPU's model name from `/proc/cpuinfo`, else what `platform` knows."""
     try:
         for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
             if line.lower().startswith("model name") and ":" in line:
@@ -507,7 +507,7 @@ def machine_description() -> dict[str, str]:
 def format_bench_table(
     results: Sequence[NotebookResult], machine: Mapping[str, str], *, command: str = ""
 ) -> str:
-    """The Markdown report of ``make bench``: a table against the budget plus the machine."""
+    """The Markdown report of `make bench`: a table against the budget plus the machine."""
     budget = f"within {BUDGET_WALL_S:.0f} s / {BUDGET_RSS_MB / 1024:.0f} GB"
     lines = [
         "# Notebook run times (smoke profile)",
@@ -532,7 +532,7 @@ def format_bench_table(
 def bench_notebooks(
     notebooks: Sequence[Path], out: Path, *, timeout: int | None = None, echo: bool = True
 ) -> list[NotebookResult]:
-    """Execute each notebook in the smoke profile and write the Markdown table to ``out``."""
+    """Execute each notebook in the smoke profile and write the Markdown table to `out`."""
     machine = machine_description()
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
@@ -553,9 +553,9 @@ def bench_notebooks(
 
 
 def kept_notes(path: Path) -> str:
-    """What follows ``KEEP_MARKER`` in ``path`` (marker included), else ``""``: hand-written
+    """What follows `KEEP_MARKER` in `path` (marker included), else `""`: hand-written
     records below the generated table (which CPUs ran nbval, and with what result) that a new
-    ``make bench`` must not erase."""
+    `make bench` must not erase."""
     text = Path(path).read_text(encoding="utf-8") if Path(path).is_file() else ""
     at = text.find(KEEP_MARKER)
     return "" if at < 0 else "\n" + text[at:]

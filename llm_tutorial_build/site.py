@@ -1,29 +1,29 @@
 """The course as a static web site: one HTML page per executed notebook, an index, navigation.
 
-``make site`` (and the end of ``make run``) turns the executed notebooks into ``outputs/site/``.
-It prefers the notebooks that ``make run`` executed into ``outputs/`` and falls back to the
-committed ones in ``notebooks/``, which carry the outputs of the ``smoke`` profile; each page
+`make site` (and the end of `make run`) turns the executed notebooks into `outputs/site/`.
+It prefers the notebooks that `make run` executed into `outputs/` and falls back to the
+committed ones in `notebooks/`, which carry the outputs of the `smoke` profile; each page
 says which it shows.
 
 The pages are meant to be read anywhere, offline included, so nothing is fetched from the
 network when one opens:
 
-- nbconvert's ``lab`` template renders each notebook, minus its ``<script>`` tags (require.js,
+- nbconvert's `lab` template renders each notebook, minus its `<script>` tags (require.js,
   MathJax, mermaid and the widget manager all come from CDNs);
-- formulas are converted to MathML by :mod:`latex2mathml` when the page is built, and the
+- formulas are converted to MathML by `latex2mathml` when the page is built, and the
   browser draws them natively;
 - figures are already inside the notebook as base64 PNGs, so they travel inside the page;
 - an image that would come from the web (the Colab and Binder badges) becomes its alt text,
   still linked;
 - an ipywidgets explorer needs a running kernel, so its output becomes a note that says how to
   launch the notebook;
-- the Colab set-up cell (tag ``colab``) is left out, and the exercises' solutions (tag
-  ``solution``) are folded into a ``<details>`` element, as they are hidden in JupyterLab.
+- the Colab set-up cell (tag `colab`) is left out, and the exercises' solutions (tag
+  `solution`) are folded into a `<details>` element, as they are hidden in JupyterLab.
 
 Every page has a bar with the previous and next lesson, the index, and links to open the
-notebook in Colab or Binder or download it. After ``make run`` the site also has ``run.html``,
+notebook in Colab or Binder or download it. After `make run` the site also has `run.html`,
 the run's report (status, wall time and peak memory of every notebook, from
-``outputs/run.json``): this module is the course's only HTML renderer.
+`outputs/run.json`): this module is the course's only HTML renderer.
 """
 
 from __future__ import annotations
@@ -113,9 +113,9 @@ class Lesson:
 
 
 def tex_to_mathml(tex: str, *, display: bool = False) -> str:
-    """LaTeX → a ``<math>`` element (MathML, drawn by the browser without any script).
+    """LaTeX → a `<math>` element (MathML, drawn by the browser without any script).
 
-    Falls back to the TeX source in a ``<code>`` element if latex2mathml cannot parse it, so
+    Falls back to the TeX source in a `<code>` element if latex2mathml cannot parse it, so
     one odd formula never breaks a page.
     """
     from latex2mathml.converter import convert
@@ -198,7 +198,7 @@ WIDGET_NOTE = (
 
 
 def prepare_notebook(nb: Any) -> Any:
-    """A copy of ``nb`` ready for the site: no Colab set-up cell, no widget state, and each
+    """A copy of `nb` ready for the site: no Colab set-up cell, no widget state, and each
     widget output replaced by a note that says how to use the explorer."""
     nb = copy.deepcopy(nb)
     nb.metadata.pop("widgets", None)
@@ -246,7 +246,7 @@ def _origin(nb: Any) -> str:
 
 
 def load_lessons(notebooks: Sequence[Path]) -> list[Lesson]:
-    """Read the notebooks (named ``NN_topic.ipynb``, numbers unique) into lessons, in order."""
+    """Read the notebooks (named `NN_topic.ipynb`, numbers unique) into lessons, in order."""
     if not notebooks:
         raise ValueError("no notebooks given: pass executed notebooks named NN_topic.ipynb")
     lessons, seen = [], {}
@@ -280,7 +280,7 @@ def load_lessons(notebooks: Sequence[Path]) -> list[Lesson]:
 
 
 def choose_sources(committed: Sequence[Path], run_dir: Path) -> list[Path]:
-    """For each committed notebook, the copy that ``make run`` executed into ``run_dir`` if
+    """For each committed notebook, the copy that `make run` executed into `run_dir` if
     there is one, else the committed notebook itself (with its smoke outputs)."""
     chosen = []
     for path in committed:
@@ -308,7 +308,7 @@ def _links(lesson: Lesson) -> str:
 
 
 def navigation(lessons: Sequence[Lesson], index: int, *, where: str) -> str:
-    """The bar at the top (``where="top"``) or bottom of lesson ``index``'s page."""
+    """The bar at the top (`where="top"`) or bottom of lesson `index`'s page."""
     esc = html.escape
     lesson = lessons[index]
     parts = ['<a class="home" href="index.html">☰ All lessons</a>']
@@ -326,7 +326,7 @@ def navigation(lessons: Sequence[Lesson], index: int, *, where: str) -> str:
 
 
 def render_lesson(lessons: Sequence[Lesson], index: int, exporter: Any = None) -> str:
-    """The HTML page of lesson ``index``."""
+    """The HTML page of lesson `index`."""
     lesson = lessons[index]
     exporter = exporter or _exporter()
     nb = prepare_notebook(nbformat.read(lesson.source, as_version=4))
@@ -431,7 +431,7 @@ torch {torch}, generated {generated} by <code>python -m llm_tutorial_build.repor
 
 
 def render_run(run: dict, pages: dict[str, str], run_dir_from_site: str) -> str:
-    """The run's report (`report run`'s ``run.json``) as a page of the site: one row per notebook,
+    """The run's report (`report run`'s `run.json`) as a page of the site: one row per notebook,
     linked to its lesson page, with its status, wall time, peak memory, log and executed
     notebook."""
     esc = html.escape
@@ -459,9 +459,9 @@ def render_run(run: dict, pages: dict[str, str], run_dir_from_site: str) -> str:
 
 def build_site(notebooks: Sequence[Path], out_dir: Path, *, echo: bool = False,
                run_report: Path | None = None) -> Path:
-    """Render ``notebooks`` (executed) into ``out_dir``: one page each, ``index.html``, and a
-    copy of each notebook under ``notebooks/`` for download; with ``run_report`` (the
-    ``run.json`` of ``report run``) also ``run.html``. Returns the index's path."""
+    """Render `notebooks` (executed) into `out_dir`: one page each, `index.html`, and a
+    copy of each notebook under `notebooks/` for download; with `run_report` (the
+    `run.json` of `report run`) also `run.html`. Returns the index's path."""
     lessons = load_lessons(notebooks)
     out_dir = Path(out_dir)
     (out_dir / "notebooks").mkdir(parents=True, exist_ok=True)

@@ -164,3 +164,16 @@ def test_the_layout_checks_can_fail(tmp_path, monkeypatch):
     source.write_text("from . import runtime\n\ndef f():\n    from llm_tutorial import instructions as ins\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "llm_tutorial")
     assert _imports(source) == {"runtime", "instructions"}
+
+
+def test_docstrings_are_markdown():
+    # one markup across the package, as labml's annotated code: `code`, not reST's ``code`` or :func:`x`
+    rest = re.compile(r"``[^`\n]+``|:(?:func|class|mod|meth|attr):`")
+    found = []
+    for path in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "llm_tutorial_build").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            doc = ast.get_docstring(node, clean=False) if isinstance(
+                node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) else None
+            if doc and rest.search(doc):
+                found.append(f"{path.relative_to(ROOT)}: {rest.search(doc).group(0)}")
+    assert not found, "reStructuredText in docstrings:\n" + "\n".join(found)

@@ -1,16 +1,16 @@
 """Auto-checked exercises with friendly feedback and hidden reference solutions.
 
-Each notebook ``NN_topic.ipynb`` has a module ``llm_tutorial.exercises.chNN`` that defines its
-exercises with :func:`exercise`. In the notebook a learner writes an answer and calls::
+Each notebook `NN_topic.ipynb` has a module `llm_tutorial.exercises.chNN` that defines its
+exercises with `exercise`. In the notebook a learner writes an answer and calls:
 
     from llm_tutorial import exercises
     exercises.check("01.fertility", my_fertility)      # prints ✅ or ❌ with a hint
     exercises.show_solution("01.fertility")            # the reference, once the learner has tried
 
-A checker receives the learner's answer (a value or a function) and returns ``None`` when it is
+A checker receives the learner's answer (a value or a function) and returns `None` when it is
 right, or a hint string saying what is wrong. The reference solution is a plain function whose
-source is what :func:`show_solution` prints, but only after the learner has tried the exercise
-in this kernel (any answer, right or wrong, passed to :func:`check`): committed outputs, which
+source is what `show_solution` prints, but only after the learner has tried the exercise
+in this kernel (any answer, right or wrong, passed to `check`): committed outputs, which
 are executed with the placeholders in place, never show a solution. The test-suite runs every checker on its reference
 (must pass) and on a wrong answer (must fail with a message).
 """
@@ -36,7 +36,7 @@ class Exercise:
     question: str
     checker: Checker
     solution: Callable[..., Any]  # the reference: a function, or a function returning the value
-    solution_is_value: bool  # True: the answer is ``solution()``; False: the answer is ``solution``
+    solution_is_value: bool  # True: the answer is `solution()`; False: the answer is `solution`
     wrong_answer: Any  # an answer the checker must reject (tested)
 
     def reference_answer(self) -> Any:
@@ -55,8 +55,8 @@ def _stub(): ...  # the body of an exercise's placeholder function; `pass` and `
 
 
 def _is_placeholder(answer: Any) -> bool:
-    """True for the untouched placeholders: None, ``...``, a tuple of them, or a function whose
-    body only returns None (``...``, ``pass``, ``return None``, with or without a docstring)."""
+    """True for the untouched placeholders: None, `...`, a tuple of them, or a function whose
+    body only returns None (`...`, `pass`, `return None`, with or without a docstring)."""
     if answer is None or answer is Ellipsis:
         return True
     if isinstance(answer, tuple) and answer:
@@ -69,8 +69,8 @@ DIRECTIONS = ("higher", "lower", "same")
 
 
 def direction_check(answer: Any, right: str, hint: str) -> str | None:
-    """Check a "predict, then measure" answer that is one of `DIRECTIONS`: ``None`` for
-    ``right``, ``hint`` for another of the three words, a reminder of the words for anything else."""
+    """Check a "predict, then measure" answer that is one of `DIRECTIONS`: `None` for
+    `right`, `hint` for another of the three words, a reminder of the words for anything else."""
     word = answer.strip().lower() if isinstance(answer, str) else None
     if word not in DIRECTIONS:
         return 'answer with one of the words "higher", "lower" or "same"'
@@ -79,7 +79,7 @@ def direction_check(answer: Any, right: str, hint: str) -> str | None:
 
 def exercise(key: str, question: str, checker: Checker, *, wrong_answer: Any,
              answer_is_value: bool = False) -> Callable[[Callable], Callable]:
-    """Decorator that registers the decorated function as the reference solution of ``key``."""
+    """Decorator that registers the decorated function as the reference solution of `key`."""
 
     def register(solution: Callable) -> Callable:
         if key in _REGISTRY:
@@ -97,13 +97,13 @@ def _load_all() -> None:
 
 
 def all_exercises() -> dict[str, Exercise]:
-    """Every registered exercise, keyed by ``NN.name``."""
+    """Every registered exercise, keyed by `NN.name`."""
     _load_all()
     return dict(sorted(_REGISTRY.items()))
 
 
 def get(key: str) -> Exercise:
-    """One exercise by key; unknown keys raise ``KeyError`` listing the known ones."""
+    """One exercise by key; unknown keys raise `KeyError` listing the known ones."""
     exercises = all_exercises()
     if key not in exercises:
         raise KeyError(f"unknown exercise {key!r}; known exercises: {', '.join(exercises)}")
@@ -111,7 +111,7 @@ def get(key: str) -> Exercise:
 
 
 def evaluate(key: str, answer: Any) -> str | None:
-    """Run the checker quietly: ``None`` if the answer is right, otherwise the hint."""
+    """Run the checker quietly: `None` if the answer is right, otherwise the hint."""
     ex = get(key)
     if answer is None or answer is Ellipsis:
         return "no answer yet: replace the `...` / `None` placeholder with your answer"
@@ -126,7 +126,7 @@ def evaluate(key: str, answer: Any) -> str | None:
 def check(key: str, answer: Any) -> None:
     """Check a learner's answer and print friendly feedback (✅ or ❌ with a hint).
 
-    It returns nothing, so a notebook cell shows only the feedback; use :func:`evaluate` to
+    It returns nothing, so a notebook cell shows only the feedback; use `evaluate` to
     get the verdict as a value."""
     hint = evaluate(key, answer)
     if not _is_placeholder(answer):

@@ -1,13 +1,13 @@
 """Exercises for notebook 00 · Set-up and tour.
 
-* ``00.cosine-lr``: the learning rate of the course trainer's warm-up + cosine-decay schedule.
-* ``00.seeded-noise``: reproducible random numbers from a seed, without touching the global
-  random state that ``runtime.seed_everything`` sets.
-* ``00.steps-near-peak``: predict, then run: how many steps of a cosine schedule stay within
+* `00.cosine-lr`: the learning rate of the course trainer's warm-up + cosine-decay schedule.
+* `00.seeded-noise`: reproducible random numbers from a seed, without touching the global
+  random state that `runtime.seed_everything` sets.
+* `00.steps-near-peak`: predict, then run: how many steps of a cosine schedule stay within
   10% of the peak learning rate?
 
 Both checkers run on the CPU in milliseconds and are deterministic: they compare against
-``trainer.lr_lambda`` and against the learner's own function called twice. The second checker
+`trainer.lr_lambda` and against the learner's own function called twice. The second checker
 puts the global random states (Python, NumPy, PyTorch) back as it found them.
 """
 
@@ -45,7 +45,7 @@ def _half_cosine(progress):
 
 
 def _with_warmup(decay, warmup_rule=lambda step, warmup: (step + 1) / (warmup + 1)):
-    """A multiplier: ``warmup_rule`` during warm-up, then ``decay(step, total, warmup)``."""
+    """A multiplier: `warmup_rule` during warm-up, then `decay(step, total, warmup)`."""
     def multiplier(step, total, warmup):
         return warmup_rule(step, warmup) if step < warmup else decay(step, total, warmup)
     return multiplier

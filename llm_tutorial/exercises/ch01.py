@@ -1,8 +1,8 @@
 """Exercises for notebook 01 · Tokenization.
 
-* ``01.fertility``: write the fertility measure (tokens per word) yourself.
-* ``01.pieces``: predict how MiniLM's WordPiece vocabulary splits a word it has never seen whole.
-* ``01.wordpiece-pair``: WordPiece's merge rule, the pair with the best likelihood score.
+* `01.fertility`: write the fertility measure (tokens per word) yourself.
+* `01.pieces`: predict how MiniLM's WordPiece vocabulary splits a word it has never seen whole.
+* `01.wordpiece-pair`: WordPiece's merge rule, the pair with the best likelihood score.
 
 The checkers run on small fixed inputs (a tokenizer trained here on a dozen sentences, a toy
 corpus of symbol tuples) and take well under a second.

@@ -1,8 +1,8 @@
 """Exercises for notebook 02 · The transformer from scratch.
 
-* ``02.causal-mask``: the boolean mask of a decoder that already holds ``past`` cached tokens.
-* ``02.rope-pair``: rotate one pair of a query by its position's angle.
-* ``02.kv-cache-mb``: predict, then measure: how many MB does SmolLM2's KV cache hold after 512 tokens?
+* `02.causal-mask`: the boolean mask of a decoder that already holds `past` cached tokens.
+* `02.rope-pair`: rotate one pair of a query by its position's angle.
+* `02.kv-cache-mb`: predict, then measure: how many MB does SmolLM2's KV cache hold after 512 tokens?
 """
 
 from __future__ import annotations

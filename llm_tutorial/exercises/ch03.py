@@ -1,9 +1,9 @@
 """Exercises for notebook 03 · Pretraining objectives.
 
-* ``03.unigram-loss``: write the baseline every language model must beat.
-* ``03.clm-shift``: build the (inputs, targets) pair of causal language modelling.
-* ``03.expected-masks``: how many tokens does BERT's rule turn into ``[MASK]``?
-* ``03.more-masked``: predict, then measure: does a BERT's loss rise or fall when more is masked?
+* `03.unigram-loss`: write the baseline every language model must beat.
+* `03.clm-shift`: build the (inputs, targets) pair of causal language modelling.
+* `03.expected-masks`: how many tokens does BERT's rule turn into `[MASK]`?
+* `03.more-masked`: predict, then measure: does a BERT's loss rise or fall when more is masked?
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Exercises for notebook 04 · Fine-tuning for classification.
 
-* ``04.mean-pool``: mean pooling that ignores padding.
-* ``04.warmup-lr``: the learning rate of linear warm-up followed by linear decay.
-* ``04.precision-recall``: precision and recall of one class, from a confusion matrix.
-* ``04.fewer-articles``: predict, then measure: the overfitting study with half the articles.
+* `04.mean-pool`: mean pooling that ignores padding.
+* `04.warmup-lr`: the learning rate of linear warm-up followed by linear decay.
+* `04.precision-recall`: precision and recall of one class, from a confusion matrix.
+* `04.fewer-articles`: predict, then measure: the overfitting study with half the articles.
 """
 
 from __future__ import annotations

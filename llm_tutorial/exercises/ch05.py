@@ -1,9 +1,9 @@
 """Exercises for notebook 05 · Token classification and extractive QA.
 
-* ``05.align-labels``: give each word's tag to its first sub-word and -100 to the rest.
-* ``05.bio-spans``: read BIO tags back as entity spans.
-* ``05.token-f1``: the SQuAD token F1 between a predicted and a true answer.
-* ``05.one-window``: predict, then measure: the QA reader scored with one long window per question.
+* `05.align-labels`: give each word's tag to its first sub-word and -100 to the rest.
+* `05.bio-spans`: read BIO tags back as entity spans.
+* `05.token-f1`: the SQuAD token F1 between a predicted and a true answer.
+* `05.one-window`: predict, then measure: the QA reader scored with one long window per question.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Exercises for notebook 06 · Parameter-efficient fine-tuning.
 
-* ``06.ffn-targets``: choose `target_modules` that adapt only the feed-forward layers of BERT.
-* ``06.lora-count``: predict how many parameters LoRA adds to MiniLM.
-* ``06.merge``: merge a LoRA update into the weight matrix.
-* ``06.slow-head``: predict, then measure: LoRA with its fresh head at LoRA's own learning rate.
+* `06.ffn-targets`: choose `target_modules` that adapt only the feed-forward layers of BERT.
+* `06.lora-count`: predict how many parameters LoRA adds to MiniLM.
+* `06.merge`: merge a LoRA update into the weight matrix.
+* `06.slow-head`: predict, then measure: LoRA with its fresh head at LoRA's own learning rate.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Exercises for notebook 07 · Instruction tuning.
 
-* ``07.mask-labels``: build the labels of an SFT example, prompt masked out of the loss.
-* ``07.pack-rows``: predict how many rows packing needs.
-* ``07.numeric-verifier``: write a verifier that never crashes on free-form model text.
-* ``07.yes-to-everything``: predict, then run: the exact match of answering "yes" to every
+* `07.mask-labels`: build the labels of an SFT example, prompt masked out of the loss.
+* `07.pack-rows`: predict how many rows packing needs.
+* `07.numeric-verifier`: write a verifier that never crashes on free-form model text.
+* `07.yes-to-everything`: predict, then run: the exact match of answering "yes" to every
   held-out-family record (a habit, not a skill).
 """
 

@@ -1,9 +1,9 @@
 """Exercises for notebook 09 · Multimodal fusion.
 
-* ``09.question-ceiling``: how well could a model do that reads only the question?
-* ``09.info-nce``: write CLIP's symmetric InfoNCE loss.
-* ``09.recall-at-k``: retrieval recall@k from a similarity matrix.
-* ``09.no-corner``: predict, then measure: retrieval with captions that name no corner.
+* `09.question-ceiling`: how well could a model do that reads only the question?
+* `09.info-nce`: write CLIP's symmetric InfoNCE loss.
+* `09.recall-at-k`: retrieval recall@k from a similarity matrix.
+* `09.no-corner`: predict, then measure: retrieval with captions that name no corner.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Exercises for notebook 10 · Evaluation.
 
-* ``10.ece``: expected calibration error from confidences and hits.
-* ``10.pass-at-k``: the unbiased pass@k estimator.
-* ``10.kappa``: Cohen's kappa for two raters.
-* ``10.debiased-first-rate``: predict, then run: how often does a swap-averaged judge name the
+* `10.ece`: expected calibration error from confidences and hits.
+* `10.pass-at-k`: the unbiased pass@k estimator.
+* `10.kappa`: Cohen's kappa for two raters.
+* `10.debiased-first-rate`: predict, then run: how often does a swap-averaged judge name the
   answer shown first?
 """
 
