@@ -4,16 +4,17 @@
 A single accuracy number hides most of what we need to know about a model. This module holds
 the pieces of notebook 10's report card, each small enough to read in one sitting:
 
-* **classification metrics** written out by hand (confusion matrix, per-class
-  precision/recall/F1, macro-F1; accuracy is scikit-learn's `accuracy_score`), with **bootstrap confidence intervals** and two **paired
-  tests** between models (McNemar's exact/χ² test and the paired bootstrap);
+* **uncertainty** for any classification metric (accuracy, macro-F1, per-class scores, the
+  confusion matrix, log-loss and Cohen's κ are scikit-learn's; the lesson is what they mean and
+  how much they move): **bootstrap confidence intervals** and two **paired tests** between
+  models (McNemar's exact/χ² test and the paired bootstrap);
 * **calibration**: reliability tables, expected calibration error (ECE) and **temperature
   scaling** fitted on validation logits;
 * **robustness**: seeded text perturbations (character noise, word dropout, casing, synonym
   "paraphrases") at increasing strength, and accuracy curves over them;
 * **generation metrics**: perplexity, the unbiased **pass@k** estimator, and hand-written
-  BLEU, chrF and ROUGE-L (checked against `sacrebleu` and `rouge-score` in the tests; entity
-  F1 is `seqeval`'s, as in notebook 05);
+  BLEU and ROUGE-L (checked against `sacrebleu` and `rouge-score` in the notebook and the
+  tests; chrF is `sacrebleu`'s and entity F1 `seqeval`'s, as in notebook 05);
 * **LLM-as-judge**: yes/no judge prompts scored by the log-odds of "Yes" against "No",
   averaged over both answer orders (position debiasing), a verdict threshold calibrated on a dev
   split, Cohen's kappa with a bootstrap interval, and a **reward model** (a Bradley–Terry head
@@ -22,7 +23,8 @@ the pieces of notebook 10's report card, each small enough to read in one sittin
   confidence shift;
 * **interpretability**: integrated gradients over input embeddings (with its completeness
   check), the weight-randomisation sanity check, attention weights, and highlighted text;
-* a **model card** written as Markdown and HTML.
+* a **model card**: Hugging Face's `ModelCard` (Markdown with YAML metadata), sections from
+  the measurements.
 
 The inputs that are easy to get wrong are checked, with a message that says what to fix: logits
 passed as probabilities, predictions and labels of different lengths, an empty test set, a
@@ -47,7 +49,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score
+from sklearn.metrics import accuracy_score, cohen_kappa_score
 from torch import nn
 
 from llm_tutorial import runtime
@@ -55,15 +57,11 @@ from llm_tutorial import runtime
 __all__ = [
     "SentenceTopics",
     "sentence_topics",
-    "confusion_matrix",
-    "per_class_report",
-    "macro_f1",
     "bootstrap_ci",
     "mcnemar",
     "paired_bootstrap",
     "check_probabilities",
     "softmax",
-    "log_loss",
     "reliability_table",
     "expected_calibration_error",
     "fit_temperature",
@@ -75,7 +73,6 @@ __all__ = [
     "pass_at_k_table",
     "bleu",
     "sentence_bleu",
-    "chrf",
     "rouge_l",
     "judge_prompt",
     "pairwise_prompt",
@@ -207,47 +204,6 @@ def sentence_topics(n_train: int, n_val: int, n_test: int, seed: int = 0, min_wo
 # ------------------------------------------------------------------------------ classification
 
 
-def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int | None = None) -> np.ndarray:
-    """`C[i, j]` = number of examples of true class `i` predicted as `j` (rows: truth)."""
-    a, b = _pair(y_true, y_pred)
-    k = int(max(a.max(), b.max())) + 1 if n_classes is None else n_classes
-    matrix = np.zeros((k, k), dtype=np.int64)
-    np.add.at(matrix, (a, b), 1)
-    return matrix
-
-
-def per_class_report(y_true: Any, y_pred: Any, label_names: Sequence[str] | None = None
-                     ) -> pd.DataFrame:
-    """
-    Precision, recall, F1 and support for every class, from the confusion matrix $C$:
-
-    $$P_c = \\frac{C_{cc}}{\\sum_i C_{ic}}, \\quad R_c = \\frac{C_{cc}}{\\sum_j C_{cj}}, \\quad
-    F1_c = \\frac{2 P_c R_c}{P_c + R_c}$$
-
-    A class never predicted has precision 0 (scikit-learn's `zero_division=0`).
-    """
-    n = None if label_names is None else len(label_names)
-    matrix = confusion_matrix(y_true, y_pred, n)
-    tp = np.diag(matrix).astype(float)
-    predicted, actual = matrix.sum(axis=0), matrix.sum(axis=1)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    names = list(label_names) if label_names is not None else [str(i) for i in range(len(tp))]
-    return pd.DataFrame({"precision": precision, "recall": recall, "f1": f1, "support": actual},
-                        index=pd.Index(names, name="class"))
-
-
-def macro_f1(y_true: Any, y_pred: Any, n_classes: int | None = None) -> float:
-    """The unweighted mean of per-class F1 over the classes that occur in the truth or the
-    predictions (every class counts the same, however rare)."""
-    a, b = _pair(y_true, y_pred)
-    report = per_class_report(a, b, None if n_classes is None else [str(i) for i in range(n_classes)])
-    present = np.union1d(np.unique(a), np.unique(b))
-    return float(report["f1"].to_numpy()[present].mean())
-
-
 def _check_resampling(n_resamples: int, confidence: float) -> None:
     if n_resamples < 10 or not 0 < confidence < 1:
         raise ValueError(f"need n_resamples >= 10 (1,000 is typical) and a confidence in (0, 1) such "
@@ -356,13 +312,6 @@ def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
-
-
-def log_loss(probs: Any, labels: Any, eps: float = 1e-15) -> float:
-    """Mean negative log-probability of the true class (cross-entropy, in nats)."""
-    y = _labels(labels, "labels")
-    p = check_probabilities(probs, len(y))
-    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], eps, 1))))
 
 
 def reliability_table(probs: Any, labels: Any, n_bins: int = 10) -> pd.DataFrame:
@@ -682,44 +631,6 @@ def sentence_bleu(prediction: str, reference: str) -> float:
     return _bleu_from_stats(_bleu_stats(prediction, reference, 4), 4, "exp", effective_order=True)
 
 
-def _chrf_stats(prediction: str, reference: str, order: int) -> np.ndarray:
-    hyp, ref = "".join(prediction.split()), "".join(reference.split())
-    stats = []
-    for n in range(1, order + 1):
-        h = Counter(hyp[i:i + n] for i in range(len(hyp) - n + 1))
-        r = Counter(ref[i:i + n] for i in range(len(ref) - n + 1))
-        # sacreBLEU: hypothesis n-grams count only when the reference has n-grams of that order
-        stats += [sum(h.values()) if r else 0, sum(r.values()), sum(min(c, r[g]) for g, c in h.items())]
-    return np.asarray(stats, dtype=np.int64)
-
-
-def chrf(predictions: Sequence[str], references: Sequence[str], order: int = 6, beta: float = 2.0
-         ) -> float:
-    """
-    chrF (Popović, 2015) on 0-100, sacreBLEU's default: character n-grams of orders 1..6
-    (whitespace removed), precision and recall averaged over the orders that occur, then
-
-    $$\\mathrm{chrF}_\\beta = (1 + \\beta^2)\\, \\frac{P R}{\\beta^2 P + R}$$
-
-    with $\\beta = 2$ (recall weighs more). Characters forgive inflections and typos that
-    word-level BLEU punishes. Statistics are summed over the corpus before the score.
-    """
-    predictions, references = _check_pairs(predictions, references)
-    stats = sum(_chrf_stats(p, r, order) for p, r in zip(predictions, references, strict=True))
-    precisions, recalls = [], []
-    for n in range(order):
-        n_hyp, n_ref, n_match = stats[3 * n: 3 * n + 3]
-        if n_hyp > 0 and n_ref > 0:
-            precisions.append(n_match / n_hyp)
-            recalls.append(n_match / n_ref)
-    if not precisions:
-        return 0.0
-    p, r = float(np.mean(precisions)), float(np.mean(recalls))
-    if p + r == 0:
-        return 0.0
-    return 100 * (1 + beta**2) * p * r / (beta**2 * p + r)
-
-
 _ROUGE_TOKEN = re.compile(r"[a-z0-9]+")
 
 
@@ -889,19 +800,17 @@ def choice_probability(model: nn.Module, tokenizer, prompts: Sequence[str],
 
 def cohen_kappa(a: Any, b: Any) -> float:
     """
-    Cohen's kappa: agreement between two raters beyond chance,
-    $\\kappa = (p_o - p_e) / (1 - p_e)$, where $p_o$ is the observed agreement and
+    Cohen's kappa, scikit-learn's `cohen_kappa_score`: agreement between two raters beyond
+    chance, $\\kappa = (p_o - p_e) / (1 - p_e)$, with $p_o$ the observed agreement and
     $p_e = \\sum_c p_a(c)\\, p_b(c)$ the agreement expected if each rated at random with its own
     label frequencies. 1 = perfect, 0 = chance level (a judge that always says "yes" gets
-    $\\kappa = 0$ however often it is "right").
+    $\\kappa = 0$ however often it is "right"). Defined as 1 where both raters give one and the
+    same label throughout ($p_e = 1$; scikit-learn returns NaN there, which would poison a bootstrap).
     """
     x, y = _pair(a, b, ("a", "b"))
-    classes = np.union1d(x, y)
-    observed = float(np.mean(x == y))
-    expected = float(sum(np.mean(x == c) * np.mean(y == c) for c in classes))
-    if expected == 1.0:
-        return 1.0 if observed == 1.0 else 0.0
-    return (observed - expected) / (1 - expected)
+    if len(np.union1d(x, y)) == 1:
+        return 1.0
+    return float(cohen_kappa_score(x, y))
 
 
 def _scores(values: Any, name: str) -> np.ndarray:
@@ -1276,36 +1185,29 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join([header, rule, *rows])
 
 
-def model_card(title: str, sections: Mapping[str, Any], directory: str | Path) -> dict[str, Path]:
+def model_card(title: str, sections: Mapping[str, Any], directory: str | Path,
+               metadata: Mapping[str, Any] | None = None):
     """
-    Write a model card (Mitchell et al., 2019) as `model_card.md` and `model_card.html` in
-    `directory`. `sections` maps a heading to a paragraph (str), a list of bullet strings, or a
-    DataFrame (rendered as a table). Returns the two paths.
+    A model card (Mitchell et al., 2019) as the Hugging Face Hub reads one: Hugging Face's
+    `ModelCard`, YAML metadata (`ModelCardData`: `language`, `license`, `base_model`, `tags`,
+    ...) above Markdown sections. `sections` maps a heading to a paragraph (str), a list of
+    bullet strings, or a DataFrame (a table). Saved as `directory/README.md`, the file name the
+    Hub shows; returns the card (`card.text` is the Markdown, `card.data` the metadata).
     """
-    md, body = [f"# {title}", ""], [f"<h1>{html.escape(title)}</h1>"]
+    from huggingface_hub import ModelCard, ModelCardData
+
+    md = [f"# {title}", ""]
     for heading, content in sections.items():
         md += [f"## {heading}", ""]
-        body.append(f"<h2>{html.escape(heading)}</h2>")
         if isinstance(content, pd.DataFrame):
             md.append(markdown_table(content))
-            body.append(content.to_html(float_format=lambda v: f"{v:.3f}", border=0))
         elif isinstance(content, str):
             md.append(content)
-            body.append(f"<p>{html.escape(content)}</p>")
-        elif isinstance(content, Sequence) and all(isinstance(item, str) for item in content):
-            md += [f"- {item}" for item in content]
-            body.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in content) + "</ul>")
         else:
-            raise TypeError(f"section {heading!r} must be a str, a list of str or a DataFrame, got "
-                            f"{type(content).__name__}")
+            md += [f"- {item}" for item in content]
         md.append("")
+    card = ModelCard(f"---\n{ModelCardData(**(metadata or {})).to_yaml()}\n---\n\n" + "\n".join(md))
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": directory / "model_card.md", "html": directory / "model_card.html"}
-    paths["markdown"].write_text("\n".join(md), encoding="utf-8")
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:"
-             "collapse}td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}")
-    paths["html"].write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>"
-                             f"{html.escape(title)}</title><style>{style}</style></head><body>"
-                             + "".join(body) + "</body></html>", encoding="utf-8")
-    return paths
+    card.save(directory / "README.md")
+    return card
