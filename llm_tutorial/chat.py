@@ -16,7 +16,8 @@ talk to a chat model, in one place below all three:
   number for evaluation (how surprised the model is by the reference answers);
 * `answer` generates: greedy, or sampled with temperature / top-k / top-p / repetition penalty.
 
-Notebook 07 prints the source of the pieces it teaches (`encode_sft`'s masking, `pack`).
+Notebook 07 writes the prompt-masking rule by hand (checked equal to `encode_sft`) and prints
+`pack`'s source.
 """
 
 from __future__ import annotations
