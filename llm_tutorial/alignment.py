@@ -83,13 +83,10 @@ def preference_batch(tokenizer, pairs: Sequence[Mapping[str, str]], max_length: 
 
 def sequence_logps(model, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """$\\log \\pi(y|x)$ per row: the log-probabilities of the tokens that carry a label (the
-    answer), summed. Position $t$'s logits predict token $t + 1$."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   use_cache=False).logits[:, :-1].float()
-    targets = batch["labels"][:, 1:]
-    keep = targets != -100
-    logps = logits.log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (logps * keep).sum(-1)
+    answer), summed (`chat.answer_token_nll`, negated: the output layer runs on the answer only)."""
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 use_cache=False).last_hidden_state
+    return -chat.answer_token_nll(model.get_output_embeddings(), hidden, batch["labels"])[0]
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -137,8 +134,10 @@ def per_token_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     it, `(batch, completion length)` (prompts left-padded, completions right-padded)."""
     input_ids = torch.cat([prompt_ids, completion_ids], 1)
     attention_mask = torch.cat([prompt_mask, completion_mask], 1)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
-    logits = logits[:, prompt_ids.shape[1] - 1:-1]  # the positions that predict the completion
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                 use_cache=False).last_hidden_state
+    # the positions that predict the completion; the output layer runs on those only
+    logits = model.get_output_embeddings()(hidden[:, prompt_ids.shape[1] - 1:-1]).float()
     return logits.log_softmax(-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "sft_batches",
     "batch_stats",
     "AnswerOnlyLM",
+    "answer_token_nll",
     "answer_nll",
     "answer",
 ]
@@ -344,6 +345,18 @@ class AnswerOnlyLM(nn.Module):
         return _LossOutput(loss=F.cross_entropy(logits.float(), targets[keep]))
 
 
+def answer_token_nll(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of a batch: the summed negative log-likelihood of the tokens that carry a label,
+    and how many there are. Position $t$'s hidden state predicts token $t + 1$; the output layer
+    `head` runs only at those positions, as in `AnswerOnlyLM`."""
+    targets = labels[:, 1:]
+    keep = targets != -100
+    losses = F.cross_entropy(head(hidden[:, :-1][keep]).float(), targets[keep], reduction="none")
+    per_row = torch.zeros(len(labels), device=losses.device).index_add_(0, keep.nonzero()[:, 0], losses)
+    return per_row, keep.sum(1)
+
+
 @torch.no_grad()
 def answer_nll(model, tokenizer, records: Sequence[Record | Mapping[str, Any]],
                max_length: int = 256, batch_size: int = 16, by_record: bool = False
@@ -369,14 +382,9 @@ def answer_nll(model, tokenizer, records: Sequence[Record | Mapping[str, Any]],
             batch = {k: v.to(device) for k, v in pad([examples[i] for i in chunk], pad_id).items()}
             hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                              use_cache=False).last_hidden_state
-            targets = batch["labels"][:, 1:]  # position t predicts token t + 1
-            keep = targets != -100
-            losses = F.cross_entropy(head(hidden[:, :-1][keep]).float(), targets[keep],
-                                     reduction="none")
-            per_row = torch.zeros(len(chunk), device=losses.device).index_add_(
-                0, keep.nonzero()[:, 0], losses)
+            per_row, answer_tokens = answer_token_nll(head, hidden, batch["labels"])
             for row, i in enumerate(chunk):
-                sums[i], counts[i] = float(per_row[row]), int(keep[row].sum())
+                sums[i], counts[i] = float(per_row[row]), int(answer_tokens[row])
     if by_record:
         return [(total / max(n, 1), n) for total, n in zip(sums, counts, strict=True)]
     return sum(sums) / max(sum(counts), 1)

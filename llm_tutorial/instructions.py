@@ -59,6 +59,7 @@ from llm_tutorial.chat import (
     Record,
     answer,
     answer_nll,
+    answer_token_nll,
     as_records,
     encode_sft,
     records_from_dicts,
@@ -763,8 +764,6 @@ def answers_and_nll(model, tokenizer, records: Sequence[Record | Mapping[str, An
     """
     import inspect
 
-    import torch.nn.functional as F
-
     from llm_tutorial.trainer import eval_mode, model_device
 
     records = as_records(records)
@@ -821,13 +820,7 @@ def answers_and_nll(model, tokenizer, records: Sequence[Record | Mapping[str, An
             out = decoder(input_ids=ids, attention_mask=mask, position_ids=positions,
                           use_cache=True, **{cache_kw: cache})
             hidden, cache = out.last_hidden_state, cache_of(out)
-            targets = labels[:, 1:]  # suffix position t predicts suffix token t + 1
-            keep = targets != -100
-            losses = F.cross_entropy(head(hidden[:, :-1][keep]).float(), targets[keep],
-                                     reduction="none")
-            per_row = torch.zeros(rows, device=losses.device).index_add_(
-                0, keep.nonzero()[:, 0], losses)
-            counts = keep.sum(1)
+            per_row, counts = answer_token_nll(head, hidden, labels)  # on the suffix after the shared prefix
             for r, i in enumerate(chunk):
                 nlls[i] = (float(per_row[r]) / max(int(counts[r]), 1), int(counts[r]))
             # generation from the prompt alone: hide the reference answer (and padding)
