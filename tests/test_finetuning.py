@@ -329,27 +329,25 @@ def test_load_classifier_truncates_layers():
         ft.load_classifier(5, num_layers=7)
 
 
-def test_head_from_probe_reproduces_the_probe_predictions(tokenizer):
-    model = tiny_classifier().eval()
+def head_from_fitted_probe(tokenizer, ys, num_labels):
+    """A tiny classifier whose head starts at a probe fitted on its own embeddings of TEXTS * 2:
+    (probe, embeddings, the classifier's logits)."""
+    model = tiny_classifier(num_labels=num_labels).eval()
     texts = TEXTS * 2
-    ys = [0, 1, 2, 0, 1, 2] * 2
     emb = ft.embed_texts(model.encoder, tokenizer, texts, 12)
     probe = ft.linear_probe(C=10.0).fit(emb, ys)
     ft.head_from_probe(model, probe)
-    logits = ft.predict_logits(model, ft.encode(tokenizer, texts, 12))
-    expected = probe.decision_function(emb)
-    assert np.allclose(logits.numpy(), expected, atol=1e-3)
+    return probe, emb, ft.predict_logits(model, ft.encode(tokenizer, texts, 12))
+
+
+def test_head_from_probe_reproduces_the_probe_predictions(tokenizer):
+    probe, emb, logits = head_from_fitted_probe(tokenizer, [0, 1, 2, 0, 1, 2] * 2, num_labels=3)
+    assert np.allclose(logits.numpy(), probe.decision_function(emb), atol=1e-3)
 
 
 def test_head_from_probe_works_for_two_classes(tokenizer):
     # scikit-learn's binary logistic regression has one row of weights; the head has two
-    model = tiny_classifier(num_labels=2).eval()
-    texts = TEXTS * 2
-    ys = [0, 1, 1, 0, 1, 0] * 2
-    emb = ft.embed_texts(model.encoder, tokenizer, texts, 12)
-    probe = ft.linear_probe(C=10.0).fit(emb, ys)
-    ft.head_from_probe(model, probe)
-    logits = ft.predict_logits(model, ft.encode(tokenizer, texts, 12))
+    probe, emb, logits = head_from_fitted_probe(tokenizer, [0, 1, 1, 0, 1, 0] * 2, num_labels=2)
     probs = torch.softmax(logits.double(), -1).numpy()
     assert np.allclose(probs, probe.predict_proba(emb), atol=1e-4)
     assert (logits.argmax(-1).numpy() == probe.predict(emb)).all()
