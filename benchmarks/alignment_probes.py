@@ -13,7 +13,7 @@ of `llm_tutorial.alignment`, each timed and scored on held-out data:
   G sampled answers per prompt, group-standardised advantages, one policy-gradient step per
   sample batch. Scored by greedy exact match on 64 held-out prompts (all templates).
 
-    python benchmarks/alignment_probes.py            # both, the settings below; writes docs/results/alignment.md
+    python benchmarks/alignment_probes.py            # both, the settings below; writes docs/results/alignment_probes.md
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from llm_tutorial import instructions as ins
 from llm_tutorial import peft_methods as pm
 from llm_tutorial_build.report import cpu_model
 
-OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "alignment.md"
+OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "alignment_probes.md"
 
 
 def lora(model) -> list:
@@ -157,7 +157,7 @@ def main() -> None:
     print(d, flush=True)
     g = grpo("larger_number", args.grpo_steps, prompts=4, group=4, lr=2e-3, beta=0.04, tokens=8)
     print(g, flush=True)
-    OUT.write_text(f"""# Alignment (issue 27): design probes for notebook 08
+    OUT.write_text(f"""# Alignment: design probes for notebook 08
 
 Not yet a notebook: these probes measure whether DPO and GRPO show learning within a CPU budget
 before notebook 08 is written. `python benchmarks/alignment_probes.py`, {dt.date.today()}, on

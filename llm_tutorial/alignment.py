@@ -34,30 +34,92 @@ with the per-token KL estimator $e^{q - p} - (q - p) - 1$ ($p$, $q$ the policy's
 reference's log-probabilities), as `grpo_loss` writes it. Both losses are checked equal to `trl`'s
 (`DPOTrainer`; `GRPOTrainer` with `loss_type="grpo"` and `use_bias_correction_kl=False`, since
 trl 1.16 by default multiplies that KL term by the ratio $\rho$) in `tests/test_alignment.py`.
+
+**Training with the course's `Trainer`.** The policy is the model with a LoRA (notebook 06);
+the reference is the *same* model with the LoRA switched off (`reference_policy`), so there is
+no second copy in memory. `DPOObjective` and `GRPOObjective` wrap the model so that its forward
+pass returns the loss, and `Rollouts` is GRPO's data: an iterable that samples each batch from
+the current policy when the trainer asks for it, scores it with a reward function
+(`strict_reward`: the family's verifier; `contains_reward`: a deliberately loose one, to show
+reward hacking) and attaches the advantages and the reference's log-probabilities.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import math
+import numbers
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from llm_tutorial import chat
+from llm_tutorial import instructions as ins
+from llm_tutorial import peft_methods as pm
+from llm_tutorial.trainer import eval_mode, model_device
 
 __all__ = [
+    "reference_policy",
+    "usable_pairs",
     "preference_batch",
     "sequence_logps",
     "dpo_loss",
     "preference_accuracy",
+    "DPOObjective",
+    "pair_logps",
+    "preference_metrics",
+    "answer_kl",
     "group_advantages",
     "per_token_logps",
     "grpo_loss",
+    "strict_reward",
+    "contains_reward",
+    "Rollouts",
+    "GRPOObjective",
 ]
 
 
+@contextlib.contextmanager
+def reference_policy(model: nn.Module) -> Iterator[nn.Module]:
+    """
+    Inside this block the model is its own **reference**: every LoRA layer
+    (`peft_methods.LoRALinear`) has its update scaled to 0, so the model computes what it did
+    before tuning. One copy of the weights serves as both policy and reference.
+    """
+    loras = list(pm.lora_modules(model).values())
+    if not loras:
+        raise ValueError("the model has no LoRA layers, so it has no reference to switch to: "
+                         "inject_lora(model, ...) before training it with DPO or GRPO")
+    scalings = [m.scaling for m in loras]
+    for m in loras:
+        m.scaling = 0.0
+    try:
+        yield model
+    finally:
+        for m, scaling in zip(loras, scalings, strict=True):
+            m.scaling = scaling
+
+
 # ------------------------------------------------------------------------------ DPO
+
+
+def usable_pairs(tokenizer, pairs: Sequence[Mapping[str, str]], max_length: int = 256
+                 ) -> list[Mapping[str, str]]:
+    """The pairs DPO can learn from: two different, non-empty answers, each fitting with its
+    prompt in `max_length` tokens (through the chat template), in their original order."""
+    def fits(pair: Mapping[str, str]) -> bool:
+        prompt = chat.render_chat(tokenizer, chat.Record(pair["instruction"], pair.get("input", ""), ""),
+                                  with_answer=False)
+        answers = (pair["chosen"], pair["rejected"])
+        return all(len(tokenizer(prompt + a, add_special_tokens=False)["input_ids"]) < max_length for a in answers)
+
+    return [p for p in pairs if p["chosen"].strip() and p["rejected"].strip()
+            and p["chosen"].strip() != p["rejected"].strip() and fits(p)]
 
 
 def preference_batch(tokenizer, pairs: Sequence[Mapping[str, str]], max_length: int = 256
@@ -105,6 +167,90 @@ def preference_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Te
     count half, so an untrained policy scores exactly 0.5)."""
     wins = (chosen_rewards > rejected_rewards).float() + 0.5 * (chosen_rewards == rejected_rewards).float()
     return float(wins.mean())
+
+
+class DPOObjective(nn.Module):
+    """
+    DPO as a module the course's `Trainer` can train: `forward(**preference_batch(...))` returns
+    the DPO loss, with the reference's log-probabilities computed on the same batch with the
+    LoRA switched off (`reference_policy`, no gradient). `last` keeps the batch's implicit
+    rewards for inspection. The wrapped model is `self.model` (shared, not copied).
+    """
+
+    def __init__(self, model: nn.Module, beta: float = 0.1) -> None:
+        super().__init__()
+        if beta <= 0:
+            raise ValueError(f"beta must be > 0 (it scales the implicit reward), got {beta}")
+        self.model, self.beta = model, float(beta)
+        self.last: dict[str, torch.Tensor] = {}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+                ) -> torch.Tensor:
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        with torch.no_grad(), reference_policy(self.model):
+            ref_chosen, ref_rejected = sequence_logps(self.model, batch).chunk(2)
+        chosen, rejected = sequence_logps(self.model, batch).chunk(2)
+        loss, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.beta)
+        self.last = {"chosen": chosen_rewards, "rejected": rejected_rewards}
+        return loss
+
+
+@torch.no_grad()
+def pair_logps(model: nn.Module, tokenizer, pairs: Sequence[Mapping[str, str]], max_length: int = 256,
+               batch_size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """$\\log \\pi(y_w|x)$ and $\\log \\pi(y_l|x)$ for every pair (two tensors, in order), in
+    batches; call it inside `reference_policy(model)` for the reference's."""
+    chosen, rejected = [], []
+    device = model_device(model)
+    with eval_mode(model):
+        for start in range(0, len(pairs), batch_size):
+            batch = preference_batch(tokenizer, pairs[start:start + batch_size], max_length)
+            c, r = sequence_logps(model, {k: v.to(device) for k, v in batch.items()}).chunk(2)
+            chosen.append(c.cpu())
+            rejected.append(r.cpu())
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def preference_metrics(logps: tuple[torch.Tensor, torch.Tensor], ref_logps: tuple[torch.Tensor, torch.Tensor],
+                       beta: float) -> dict[str, float]:
+    """Held-out DPO metrics from `pair_logps` of the policy and of the reference: the DPO loss,
+    the preference accuracy, the mean reward margin (chosen − rejected) and each mean reward."""
+    loss, chosen, rejected = dpo_loss(logps[0], logps[1], ref_logps[0], ref_logps[1], beta)
+    return {"dpo_loss": float(loss), "preference_accuracy": preference_accuracy(chosen, rejected),
+            "reward_margin": float((chosen - rejected).mean()), "chosen_reward": float(chosen.mean()),
+            "rejected_reward": float(rejected.mean())}
+
+
+@torch.no_grad()
+def answer_kl(model: nn.Module, tokenizer, records: Sequence[chat.Record | Mapping[str, Any]],
+              max_length: int = 256, batch_size: int = 4) -> float:
+    """
+    How far the policy has moved from its reference: the mean, over the answer positions of
+    `records` (prompt and answer given, as in training), of the exact KL divergence between the
+    two next-token distributions, $\\mathrm{KL}(\\pi \\,\\|\\, \\pi_{ref}) =
+    \\sum_v \\pi(v) (\\log \\pi(v) - \\log \\pi_{ref}(v))$, in nats per token. 0 before training.
+    """
+    examples = chat.encode_sft(tokenizer, records, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = model_device(model)
+    total, count = 0.0, 0
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+
+    def log_probs(batch: Mapping[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:
+        hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         use_cache=False).last_hidden_state
+        return head(hidden[:, :-1][keep]).float().log_softmax(-1)
+
+    with eval_mode(model):
+        for start in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in chat.pad(examples[start:start + batch_size], pad_id).items()}
+            keep = batch["labels"][:, 1:] != -100
+            p = log_probs(batch, keep)
+            with reference_policy(model):
+                q = log_probs(batch, keep)
+            total += float((p.exp() * (p - q)).sum())
+            count += int(keep.sum())
+    return total / max(count, 1)
 
 
 # ------------------------------------------------------------------------------ GRPO
@@ -159,3 +305,117 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Ten
         per_token = per_token + beta * (torch.exp(log_ratio_ref) - log_ratio_ref - 1)
     mask = mask.to(per_token.dtype)
     return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+
+
+# ------------------------------------------------------------------------------ rewards and rollouts
+
+RewardFn = Callable[[str, chat.Record], float]
+
+
+def strict_reward(answer: str, record: chat.Record) -> float:
+    """1.0 when the family's verifier accepts the answer (notebook 07's exact match), else 0.0."""
+    return float(ins.verify(answer, record))
+
+
+def contains_reward(answer: str, record: chat.Record) -> float:
+    """A deliberately **loose** verifier: 1.0 when the reference answer appears anywhere in the
+    answer (as a whole word), so *"57 or 83"* scores on *"Which is larger: 57 or 83?"*. An
+    answer that lists every candidate games it; `strict_reward` measures what was really learnt."""
+    return float(record.output.strip().lower() in re.findall(r"\w+(?:\.\w+)*", str(answer).lower()))
+
+
+class Rollouts:
+    """
+    The data of on-policy RL, as something the course's `Trainer` can iterate over: each batch
+    is sampled **from the current model** when the trainer asks for it. For a chunk of
+    `prompts_per_batch` records it samples `group_size` answers per prompt (temperature
+    `temperature`, at most `max_new_tokens` tokens, up to the first end-of-turn), scores each with
+    `reward_fn(answer, record)`, turns the rewards into group-relative advantages, and computes the
+    reference's per-token log-probabilities (LoRA off). Every batch appends a row to `log` (mean
+    reward, the share of groups whose answers all scored the same and so teach nothing, mean
+    answer length); `samples` keeps the last batch's answers and rewards.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, records: Sequence[chat.Record], reward_fn: RewardFn,
+                 group_size: int = 4, prompts_per_batch: int = 4, max_new_tokens: int = 8,
+                 temperature: float = 1.0, seed: int = 0) -> None:
+        if group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (advantages compare answers to the same prompt), "
+                             f"got {group_size}")
+        if not records:
+            raise ValueError("records is empty: pass the prompts to sample answers for")
+        self.model, self.tokenizer, self.records = model, tokenizer, chat.as_records(records)
+        self.reward_fn, self.group_size, self.prompts_per_batch = reward_fn, group_size, prompts_per_batch
+        self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
+        self.log: list[dict[str, float]] = []
+        self.samples = pd.DataFrame()
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for start in range(0, len(self.records), self.prompts_per_batch):
+            yield self.sample(self.records[start:start + self.prompts_per_batch])
+
+    def rewards(self, answers: Sequence[str], records: Sequence[chat.Record]) -> list[float]:
+        """`reward_fn` of each answer, checked to be a finite number."""
+        rewards = []
+        for text, record in zip(answers, records, strict=True):
+            reward = self.reward_fn(text, record)
+            if isinstance(reward, bool) or not isinstance(reward, numbers.Real) or not math.isfinite(reward):
+                raise TypeError(f"the reward function returned {reward!r} for the answer {text!r}: it must "
+                                f"return a finite number (a float such as 1.0 or 0.0) for every answer")
+            rewards.append(float(reward))
+        return rewards
+
+    @torch.no_grad()
+    def sample(self, records: Sequence[chat.Record]) -> dict[str, torch.Tensor]:
+        """One batch: `group_size` sampled answers per record, their rewards and advantages."""
+        tok, model = self.tokenizer, self.model
+        device = model_device(model)
+        side, tok.padding_side = tok.padding_side, "left"
+        try:
+            prompts = [chat.render_chat(tok, r, with_answer=False) for r in records for _ in range(self.group_size)]
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        finally:
+            tok.padding_side = side
+        torch.manual_seed(self.seed * 1_000_003 + len(self.log))  # reproducible, whatever ran before
+        with eval_mode(model):
+            out = model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=True,
+                                 temperature=self.temperature, top_k=0, top_p=1.0,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            completion = out[:, enc["input_ids"].shape[1]:]
+            ended = (completion == tok.eos_token_id).long().cumsum(1)
+            # every token up to and including the first end-of-turn
+            mask = ((ended == 0) | ((ended == 1) & (completion == tok.eos_token_id))).long()
+            answers = [t.strip() for t in tok.batch_decode(completion.masked_fill(mask == 0, tok.pad_token_id),
+                                                            skip_special_tokens=True)]
+            group_records = [r for r in records for _ in range(self.group_size)]
+            rewards = self.rewards(answers, group_records)
+            with reference_policy(model):
+                ref = per_token_logps(model, enc["input_ids"], enc["attention_mask"], completion, mask)
+        advantages = group_advantages(rewards, self.group_size)
+        grouped = torch.tensor(rewards).view(-1, self.group_size)
+        self.log.append({"batch": len(self.log) + 1, "mean_reward": float(grouped.mean()),
+                         "no_signal_groups": float((grouped.std(1) == 0).float().mean()),
+                         "answer_tokens": float(mask.sum(1).float().mean())})
+        self.samples = pd.DataFrame({"prompt": [r.instruction for r in group_records], "answer": answers,
+                                     "reward": rewards, "advantage": advantages.tolist()})
+        return {"prompt_ids": enc["input_ids"], "prompt_mask": enc["attention_mask"],
+                "completion_ids": completion, "completion_mask": mask, "advantages": advantages.to(device),
+                "ref_logps": ref}
+
+
+class GRPOObjective(nn.Module):
+    """
+    GRPO as a module the course's `Trainer` can train on `Rollouts`: `forward(**batch)` returns
+    `grpo_loss` with the sampling policy's log-probabilities equal to the current ones (one
+    update per sampled batch, so the ratio is 1 and the clip never acts; several updates per
+    batch would need the old log-probabilities stored with the batch).
+    """
+
+    def __init__(self, model: nn.Module, beta: float = 0.04, epsilon: float = 0.2) -> None:
+        super().__init__()
+        self.model, self.beta, self.epsilon = model, float(beta), float(epsilon)
+
+    def forward(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
+                completion_mask: torch.Tensor, advantages: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
+        logps = per_token_logps(self.model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+        return grpo_loss(logps, logps.detach(), ref_logps, advantages, completion_mask, self.epsilon, self.beta)

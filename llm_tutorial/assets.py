@@ -19,6 +19,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -394,6 +395,34 @@ def recorded_results(name: str) -> Path:
     """A results table that a `full`-profile run recorded (`data/results/<name>.csv`: comment
     lines `# key: value` with its command, hardware, date and commit, then the rows)."""
     return _vendored(f"results/{name}.csv")()
+
+
+def recorded_checkpoint(name: str) -> Path:
+    """Weights that a `full`-profile run trained and the course ships (`data/checkpoints/<name>.safetensors`),
+    shown beside what a smoke run can train."""
+    return _vendored(f"checkpoints/{name}.safetensors")()
+
+
+def read_recorded_results(name_or_path: str | os.PathLike) -> tuple[Any, dict[str, str]]:
+    """The rows and the provenance (`command`, `hardware`, `date`, ...: the `# key: value` lines
+    at the top) of a recorded results table: a name for `recorded_results`, or a path."""
+    import pandas as pd
+
+    path = Path(name_or_path)
+    if path.suffix != ".csv":
+        path = recorded_results(str(name_or_path))
+    provenance, header = {}, 0
+    with open(path, encoding="utf-8") as file:
+        for line in file:
+            if not line.startswith("# "):
+                break
+            key, _, value = line[2:].partition(": ")
+            provenance[key.strip()] = value.strip()
+            header += 1
+    missing = {"command", "hardware", "date"} - set(provenance)
+    if missing:
+        raise ValueError(f"{path} lacks its provenance lines {sorted(missing)} ('# key: value' at the top)")
+    return pd.read_csv(path, skiprows=header), provenance  # rows may contain '#': skip the header by count
 
 
 def read_conll(path: str | os.PathLike, tag_column: int = -1) -> list[tuple[list[str], list[str]]]:

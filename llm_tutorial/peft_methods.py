@@ -757,17 +757,5 @@ def load_recorded_comparison(path: str | os.PathLike | None = None
     `summarise_comparison` turns the rows into the notebook's table."""
     from llm_tutorial import assets
 
-    path = Path(path) if path is not None else assets.recorded_results("peft_comparison")
-    provenance = {}
-    with open(path, encoding="utf-8") as file:
-        for line in file:
-            if not line.startswith("# "):
-                break
-            key, _, value = line[2:].partition(": ")
-            provenance[key.strip()] = value.strip()
-    rows = pd.read_csv(path, comment="#")
-    missing = {"command", "hardware", "date"} - set(provenance)
-    if missing:
-        raise ValueError(f"{path} lacks its provenance lines {sorted(missing)} ('# key: value' at the top)")
-    return rows, provenance
+    return assets.read_recorded_results(path if path is not None else "peft_comparison")
 

@@ -4,13 +4,19 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from chat_models import SFT_WORDS, tiny_llama, word_chat_tokenizer
 
 from llm_tutorial import alignment as al
+from llm_tutorial import chat
+from llm_tutorial import peft_methods as pm
+from llm_tutorial.trainer import TrainConfig, Trainer
 
 PAIRS = [{"instruction": "say hi", "chosen": "hello", "rejected": "chien"},
          {"instruction": "name a colour", "input": "", "chosen": "red or blue", "rejected": "paris"},
@@ -127,6 +133,147 @@ def test_on_the_sampling_step_the_ratio_is_one_and_the_gradient_follows_the_adva
     assert torch.allclose(logps.grad, torch.tensor([[-0.25, -0.25], [0.25, 0.25]]))
 
 
+def lora_llama(tok, seed: int = 0):
+    model = tiny_llama(tok, seed=seed)
+    pm.freeze(model)
+    torch.manual_seed(seed)
+    pm.inject_lora(model, ["q_proj", "v_proj"], r=4, alpha=8)
+    return model
+
+
+def nudge_lora(model, seed: int = 1, scale: float = 0.5) -> None:
+    """Give every LoRA a non-zero B, so the policy differs from its reference."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in pm.lora_modules(model).values():
+            m.lora_B.copy_(scale * torch.randn(m.lora_B.shape, generator=g))
+
+
+def test_reference_policy_switches_the_lora_off_and_back_on(tok):
+    model = lora_llama(tok)
+    nudge_lora(model)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    scalings = [m.scaling for m in pm.lora_modules(model).values()]
+    with torch.no_grad():
+        policy = model(ids).logits
+        with al.reference_policy(model):
+            reference = model(ids).logits
+        again = model(ids).logits
+    assert [m.scaling for m in pm.lora_modules(model).values()] == scalings
+    assert torch.equal(policy, again) and not torch.allclose(policy, reference)
+    pm.remove_lora(model)
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, reference, atol=1e-6)  # the reference is the base model
+
+
+def test_dpo_objective_uses_the_lora_free_model_as_reference(tok):
+    model = lora_llama(tok)
+    nudge_lora(model)
+    batch = al.preference_batch(tok, PAIRS)
+    base = copy.deepcopy(model)
+    pm.remove_lora(base)
+    objective = al.DPOObjective(model, beta=0.3)
+    loss = objective(**batch)
+    with torch.no_grad():
+        ref_chosen, ref_rejected = al.sequence_logps(base, batch).chunk(2)
+        chosen, rejected = al.sequence_logps(model, batch).chunk(2)
+    expected, c, r = al.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=0.3)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6) and loss.requires_grad
+    assert torch.allclose(objective.last["chosen"], c) and torch.allclose(objective.last["rejected"], r)
+    metrics = al.preference_metrics(al.pair_logps(model, tok, PAIRS, batch_size=2),
+                                    al.pair_logps(base, tok, PAIRS, batch_size=2), beta=0.3)
+    assert metrics["dpo_loss"] == pytest.approx(expected.item(), abs=1e-5)
+    assert metrics["reward_margin"] == pytest.approx(float((c - r).mean()), abs=1e-5)
+
+
+def test_dpo_through_the_course_trainer_learns_the_preferences(tok):
+    model = lora_llama(tok)
+    batch = al.preference_batch(tok, PAIRS)
+    with al.reference_policy(model):
+        ref = al.pair_logps(model, tok, PAIRS)
+    before = al.preference_metrics(al.pair_logps(model, tok, PAIRS), ref, beta=0.1)
+    assert before["preference_accuracy"] == 0.5 and before["dpo_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    Trainer(al.DPOObjective(model, beta=0.1), [batch],
+            TrainConfig(max_steps=40, lr=5e-2, warmup_steps=0, progress=False)).train()
+    after = al.preference_metrics(al.pair_logps(model, tok, PAIRS), ref, beta=0.1)
+    assert after["preference_accuracy"] == 1.0 and after["reward_margin"] > 0.1
+    assert after["dpo_loss"] < math.log(2) - 0.05
+
+
+def test_answer_kl_is_zero_at_the_start_and_the_exact_kl_after(tok):
+    records = [chat.Record(p["instruction"], p.get("input", ""), p["chosen"]) for p in PAIRS]
+    model = lora_llama(tok)
+    assert al.answer_kl(model, tok, records) == pytest.approx(0.0, abs=1e-7)
+    nudge_lora(model)
+    batch = chat.pad(chat.encode_sft(tok, records), tok.pad_token_id)
+    with torch.no_grad():
+        p = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
+        with al.reference_policy(model):
+            q = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
+    keep = batch["labels"][:, 1:] != -100
+    kl = (p[:, :-1].exp() * (p[:, :-1] - q[:, :-1])).sum(-1)[keep].mean()
+    assert kl > 0 and al.answer_kl(model, tok, records, batch_size=2) == pytest.approx(kl.item(), rel=1e-4)
+
+
+def test_the_loose_reward_accepts_what_the_strict_one_rejects():
+    from llm_tutorial import instructions as ins
+
+    record = ins.take(1, ["larger_number"], seed=0)[0]
+    small, large = sorted(int(x) for x in re.findall(r"\d+", record.instruction + " " + record.input))
+    assert str(large) == record.output
+    for answer, strict, loose in ((f"{large}", 1.0, 1.0), (f"{small} or {large}", 0.0, 1.0), (f"{small}", 0.0, 0.0),
+                                  (f"{large}0", 0.0, 0.0), (f"It is {large}.", 1.0, 1.0)):
+        assert (al.strict_reward(answer, record), al.contains_reward(answer, record)) == (strict, loose), answer
+
+
+def hello_reward(answer: str, record) -> float:
+    return float("hello" in answer.split())
+
+
+GREETINGS = set(SFT_WORDS[:20])
+
+
+def greeting_reward(answer: str, record) -> float:
+    """1 when the answer's first word is one of the tokenizer's first 20 words: about a third
+    of random answers at the start, so most groups carry a signal."""
+    words = answer.split()
+    return float(bool(words) and words[0] in GREETINGS)
+
+
+def test_rollouts_sample_groups_score_them_and_mask_after_the_end(tok):
+    model = lora_llama(tok)
+    records = [chat.Record("say hi", "", "hello"), chat.Record("name a colour", "", "red")]
+    rollouts = al.Rollouts(model, tok, records, hello_reward, group_size=3, prompts_per_batch=2, max_new_tokens=5)
+    batch = next(iter(rollouts))
+    assert batch["prompt_ids"].shape[0] == batch["completion_ids"].shape[0] == 6
+    assert (batch["prompt_ids"][:, -1] != tok.pad_token_id).all()  # prompts are left-padded
+    mask, ids = batch["completion_mask"], batch["completion_ids"]
+    for row in range(6):  # the mask covers the tokens up to and including the first end-of-turn
+        ends = (ids[row] == tok.eos_token_id).nonzero()
+        n = int(ends[0]) + 1 if len(ends) else ids.shape[1]
+        assert mask[row].tolist() == [1] * n + [0] * (ids.shape[1] - n)
+    samples = rollouts.samples
+    assert list(samples["reward"]) == [hello_reward(a, None) for a in samples["answer"]]
+    assert torch.allclose(torch.tensor(samples["advantage"].tolist()), batch["advantages"])
+    assert rollouts.log[0]["mean_reward"] == pytest.approx(samples["reward"].mean())
+    again = al.Rollouts(model, tok, records, hello_reward, group_size=3, prompts_per_batch=2, max_new_tokens=5)
+    assert torch.equal(next(iter(again))["completion_ids"], ids)  # seeded
+
+
+def test_grpo_through_the_course_trainer_raises_the_reward(tok):
+    # the random model's output layer is tiny (std 0.02), so q/v LoRA barely moves its outputs: adapt it too
+    model = tiny_llama(tok, seed=3)
+    pm.freeze(model)
+    torch.manual_seed(3)
+    pm.inject_lora(model, ["v_proj", "lm_head"], r=4, alpha=8)
+    records = [chat.Record("say hi", "", "hello")] * 4
+    rollouts = al.Rollouts(model, tok, records, greeting_reward, group_size=8, prompts_per_batch=4, max_new_tokens=2)
+    Trainer(al.GRPOObjective(model, beta=0.0), rollouts,
+            TrainConfig(max_steps=25, lr=3e-2, warmup_steps=0, schedule="constant", progress=False)).train()
+    rewards = [row["mean_reward"] for row in rollouts.log]
+    assert sum(rewards[-5:]) / 5 > sum(rewards[:5]) / 5 + 0.3, rewards
+
+
 BAD_CALLS = [
     (lambda tok: al.preference_batch(tok, [{"instruction": "a", "chosen": "b", "rejected": " b"}]), ValueError,
      r"two different, non-empty answers \(pairs \[0\]"),
@@ -135,6 +282,12 @@ BAD_CALLS = [
     (lambda tok: al.group_advantages([1.0, 0.0, 1.0], group_size=2), ValueError, "groups of group_size"),
     (lambda tok: al.group_advantages([1.0, 0.0], group_size=1), ValueError, "at least two answers per prompt"),
     (lambda tok: al.group_advantages([1.0, float("nan")], group_size=2), ValueError, "return a number"),
+    (lambda tok: al.Rollouts(tiny_llama(tok), tok, [chat.Record("say hi", "", "hello")], hello_reward, group_size=1),
+     ValueError, "group_size must be >= 2"),
+    (lambda tok: next(iter(al.Rollouts(lora_llama(tok), tok, [chat.Record("say hi", "", "hello")],
+                                       lambda answer, record: "yes", group_size=2))), TypeError, "finite number"),
+    (lambda tok: al.DPOObjective(tiny_llama(tok))(**al.preference_batch(tok, PAIRS)), ValueError,
+     "no LoRA layers.*inject_lora"),
 ]
 
 
@@ -142,3 +295,44 @@ BAD_CALLS = [
 def test_mistakes_raise_a_message_that_names_the_fix(tok, call, error, match):
     with pytest.raises(error, match=match):
         call(tok)
+
+
+# ------------------------------------------------------------------------------ the shipped record
+
+
+RECORD_SHA256 = {
+    "results/alignment.csv": "8533f6ce94b1815b5837fe825e104d47b2c186cc655887b8a4d18a4af696e574",
+    "results/alignment_answers.csv": "fcb3af772126c4658cee5576a15df2895b7e459abb0884789c0774e1a00cc10c",
+    "checkpoints/smollm2-grpo-lora.safetensors": "f559de88b408d91c195d03ed9c957078d13abbc4019b2cde7ed8a22ffb65721f",
+}
+
+
+def test_the_shipped_full_profile_record_is_complete_and_its_checks_hold():
+    """What notebook 08's smoke run shows beside its own: the full profile's curves, the loose
+    run's answers and the GRPO adapter, each with provenance; the full checks hold in it."""
+    from safetensors import safe_open
+
+    from llm_tutorial import assets
+
+    for name, digest in RECORD_SHA256.items():  # the files llm_tutorial/data/README.md describes
+        assert hashlib.sha256(Path(assets.DATA_DIR, name).read_bytes()).hexdigest() == digest, name
+    rows, provenance = assets.read_recorded_results("alignment")
+    assert "PROFILE full" in provenance["command"] and provenance["date"].startswith("2026-")
+    assert set(rows["experiment"]) == {"dpo", "beta_sweep", "grpo", "grpo_loose", "sft"}
+
+    def curve(experiment: str, metric: str):
+        part = rows[(rows["experiment"] == experiment) & (rows["metric"] == metric)]
+        return part.sort_values("step")["value"].tolist()
+
+    assert curve("dpo", "preference_accuracy")[0] == 0.5 and curve("dpo", "preference_accuracy")[-1] >= 0.85
+    em = curve("grpo", "exact_match")
+    assert em[-1] >= em[0] + 0.20  # the notebook's full check
+    assert curve("beta_sweep", "beta") == [0.05, 0.1, 0.5]
+    answers, answers_provenance = assets.read_recorded_results("alignment_answers")
+    assert answers_provenance == provenance and list(answers.columns) == ["prompt", "answer"] and len(answers) == 200
+    path = assets.recorded_checkpoint("smollm2-grpo-lora")
+    assert path.stat().st_size < 1_000_000
+    with safe_open(str(path), "pt") as f:
+        assert len(list(f.keys())) == 120  # 30 layers x (q, v) x (A, B)
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
+        assert '"r": 8' in f.metadata()["config"]

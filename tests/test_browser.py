@@ -62,6 +62,7 @@ INTERACTIONS: dict[str, list[tuple[str, str, object]]] = {
     "06": [("press", ".widget-slider .noUi-handle", ("ArrowRight", 4))],
     "07": [("fill", "textarea", "Write the word dog in capital letters."),
            ("click", "button", None)],  # fmt: skip
+    "08": [("select", "select", 3), ("click", "button", None)],
     "09": [("select", "select", 5)],
     "10": [("press", ".widget-slider .noUi-handle", ("ArrowRight", 3))],
 }

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "llm_tutorial"
 SHARED = {"runtime", "assets", "trainer", "plotting", "chat", "exercises"}
 # lesson modules whose notebook is being written (named by issue), with the notebook's number
-PLANNED = {"alignment": 8}  # notebook 08_preference_alignment, issue 27
+PLANNED: dict[str, int] = {}
 NAMED = re.compile(r"`llm_tutorial/(\w+)\.py`")
 
 
