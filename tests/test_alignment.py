@@ -336,3 +336,12 @@ def test_the_shipped_full_profile_record_is_complete_and_its_checks_hold():
         assert len(list(f.keys())) == 120  # 30 layers x (q, v) x (A, B)
         assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys())
         assert '"r": 8' in f.metadata()["config"]
+
+
+def test_usable_pairs_drop_what_dpo_cannot_learn_from(tok):
+    long_answer = " ".join(["hello"] * 40)
+    pairs = PAIRS + [{"instruction": "say hi", "chosen": "hello", "rejected": " hello "},   # the same answer twice
+                     {"instruction": "say hi", "chosen": "", "rejected": "hello"},          # an empty answer
+                     {"instruction": "say hi", "chosen": long_answer, "rejected": "chien"}]  # too long for 24 tokens
+    assert al.usable_pairs(tok, pairs, max_length=24) == PAIRS
+    al.preference_batch(tok, al.usable_pairs(tok, pairs, max_length=24), max_length=24)  # every kept pair encodes
