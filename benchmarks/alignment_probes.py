@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from llm_tutorial import alignment as al
-from llm_tutorial import assets, chat, runtime
+from llm_tutorial import assets, runtime
 from llm_tutorial import evaluation as ev
 from llm_tutorial import instructions as ins
 from llm_tutorial import peft_methods as pm
@@ -35,60 +35,40 @@ from llm_tutorial_build.report import cpu_model
 OUT = Path(__file__).resolve().parents[1] / "docs" / "results" / "alignment_probes.md"
 
 
-def lora(model) -> list:
+def lora(model) -> None:
+    """A fresh LoRA; the reference is the model with it off (`alignment.reference_policy`)."""
     pm.freeze(model)
     pm.inject_lora(model, ["q_proj", "v_proj"], r=8, alpha=16)
-    return list(pm.lora_modules(model).values())
-
-
-def as_reference(loras, on: bool) -> None:
-    """The reference policy is the model with its (zero-initialised, then trained) LoRA off."""
-    for m in loras:
-        m.scaling = 0.0 if on else m.alpha / m.r
 
 
 def dpo(steps: int, batch: int, lr: float, beta: float, n_held: int, max_length: int = 128) -> dict:
     runtime.seed_everything(0)
     start = time.perf_counter()
     model, tok = assets.load_smollm2()
-    pairs = [p for p in ev.load_preference_pairs() if p["chosen"].strip() != p["rejected"].strip()]
+    pairs = al.usable_pairs(tok, ev.load_preference_pairs(), max_length)
     train, held = pairs[:-n_held], pairs[-n_held:]
 
-    @torch.no_grad()
-    def rewards(loras=None):
-        chosen, rejected = [], []
-        for i in range(0, len(held), 16):
-            c, r = al.sequence_logps(model, al.preference_batch(tok, held[i:i + 16], max_length)).chunk(2)
-            chosen.append(c)
-            rejected.append(r)
-        return torch.cat(chosen), torch.cat(rejected)
-
     model.eval()
-    ref_held = rewards()
-    loras = lora(model)
+    ref_held = al.pair_logps(model, tok, held, max_length)
+    lora(model)
+    objective = al.DPOObjective(model, beta)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     g = torch.Generator().manual_seed(0)
     train_start = time.perf_counter()
     for _ in range(steps):
         b = al.preference_batch(tok, [train[i] for i in torch.randint(0, len(train), (batch,), generator=g)],
                                 max_length)
-        with torch.no_grad():
-            as_reference(loras, True)
-            ref_c, ref_r = al.sequence_logps(model, b).chunk(2)
-            as_reference(loras, False)
         model.train()
-        c, r = al.sequence_logps(model, b).chunk(2)
-        loss, _, _ = al.dpo_loss(c, r, ref_c, ref_r, beta)
+        loss = objective(**b)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     train_s = time.perf_counter() - train_start
     model.eval()
-    c, r = rewards()
-    chosen, rejected = beta * (c - ref_held[0]), beta * (r - ref_held[1])
+    metrics = al.preference_metrics(al.pair_logps(model, tok, held, max_length), ref_held, beta)
     return {"held-out pairs": n_held, "steps x pairs": f"{steps} x {batch}", "lr": lr, "beta": beta,
-            "accuracy before": 0.5, "accuracy after": al.preference_accuracy(chosen, rejected),
-            "reward margin after": float((chosen - rejected).mean()), "training s": train_s,
+            "accuracy before": 0.5, "accuracy after": metrics["preference_accuracy"],
+            "reward margin after": metrics["reward_margin"], "training s": train_s,
             "total s": time.perf_counter() - start}
 
 
@@ -100,40 +80,22 @@ def grpo(family: str, steps: int, prompts: int, group: int, lr: float, beta: flo
     train = ins.take(steps * prompts, [family], seed=0, templates="train")
     held = ins.take(64, [family], seed=7, templates="all")
     before = float(ins.answer_and_score(model, tok, held, tokens, 32)["correct"].mean())
-    loras = lora(model)
+    lora(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    mean_rewards = []
+    rollouts = al.Rollouts(model, tok, train, al.strict_reward, group_size=group, prompts_per_batch=prompts,
+                           max_new_tokens=tokens)
+    objective = al.GRPOObjective(model, beta=beta)
     train_start = time.perf_counter()
-    for step in range(steps):
-        records = train[step * prompts:(step + 1) * prompts]
-        tok.padding_side = "left"
-        enc = tok([chat.render_chat(tok, r, with_answer=False) for r in records for _ in range(group)],
-                  return_tensors="pt", padding=True, add_special_tokens=False)
-        tok.padding_side = "right"
-        model.eval()
-        with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=tokens, do_sample=True, temperature=1.0, top_k=0,
-                                 top_p=1.0, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        completion = out[:, enc["input_ids"].shape[1]:]
-        ended = (completion == tok.eos_token_id).long().cumsum(1)
-        mask = ((ended == 0) | ((ended == 1) & (completion == tok.eos_token_id))).long()  # up to the first end
-        texts = tok.batch_decode(completion.masked_fill(mask == 0, tok.pad_token_id), skip_special_tokens=True)
-        rewards = [float(ins.verify(text.strip(), records[i // group])) for i, text in enumerate(texts)]
-        mean_rewards.append(sum(rewards) / len(rewards))
-        with torch.no_grad():
-            as_reference(loras, True)
-            ref = al.per_token_logps(model, enc["input_ids"], enc["attention_mask"], completion, mask)
-            as_reference(loras, False)
+    for batch in rollouts:  # one sampled batch per step: `steps` batches of `prompts` prompts
         model.train()
-        logps = al.per_token_logps(model, enc["input_ids"], enc["attention_mask"], completion, mask)
-        loss = al.grpo_loss(logps, logps.detach(), ref, al.group_advantages(rewards, group), mask, beta=beta)
+        loss = objective(**batch)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     train_s = time.perf_counter() - train_start
     model.eval()
     after = float(ins.answer_and_score(model, tok, held, tokens, 32)["correct"].mean())
-    k = min(5, steps)
+    k, mean_rewards = min(5, steps), [row["mean_reward"] for row in rollouts.log]
     return {"family": family, "steps x prompts x G": f"{steps} x {prompts} x {group}", "lr": lr, "beta": beta,
             "held-out EM before": before, "held-out EM after": after,
             f"mean reward, first {k} steps": sum(mean_rewards[:k]) / k,
