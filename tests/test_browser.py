@@ -65,6 +65,7 @@ INTERACTIONS: dict[str, list[tuple[str, str, object]]] = {
     "08": [("select", "select", 3), ("click", "button", None)],
     "09": [("select", "select", 5)],
     "10": [("press", ".widget-slider .noUi-handle", ("ArrowRight", 3))],
+    "11": [("select", "select", 1)],
 }
 
 # What an explorer shows: Output widgets, HTML widgets and images.
