@@ -437,6 +437,18 @@ def _check_method(method: str, setting: Any, scenario: str | None = None) -> Non
         raise ValueError(f"unknown scenario {scenario!r}; choose one of {SCENARIOS}")
 
 
+def _draw(method: str, own: Sequence[Any], pool: Sequence[Any], buffer: ReservoirBuffer,
+          batch_size: int, old: int, rng: random.Random) -> list[Any]:
+    """One batch's examples, the same for both streams: `joint` draws from every task so far
+    (`pool`), `replay` takes `old` of them from the buffer once it holds something, and every
+    other method draws from the current task (`own`) only."""
+    if method == "joint":
+        return [pool[rng.randrange(len(pool))] for _ in range(batch_size)]
+    if method == "replay" and len(buffer):
+        return [own[rng.randrange(len(own))] for _ in range(batch_size - old)] + buffer.sample(old, rng)
+    return [own[rng.randrange(len(own))] for _ in range(batch_size)]
+
+
 def _allowed(classes: Sequence[int], n_classes: int) -> torch.Tensor:
     mask = torch.zeros(n_classes, dtype=torch.bool)
     mask[list(classes)] = True
@@ -529,18 +541,8 @@ def classification_stream(
     def batches_for(stage: int) -> list[dict[str, torch.Tensor]]:
         own = train_of[stage]
         pool = [i for k in range(stage + 1) for i in train_of[k]]
-        out = []
-        for _ in range(steps):
-            if method == "joint":
-                chosen = [pool[rng.randrange(len(pool))] for _ in range(batch_size)]
-            elif method == "replay" and len(buffer):
-                half = batch_size // 2
-                chosen = ([own[rng.randrange(len(own))] for _ in range(batch_size - half)]
-                          + buffer.sample(half, rng))
-            else:
-                chosen = [own[rng.randrange(len(own))] for _ in range(batch_size)]
-            out.append(batch(chosen, stage))
-        return out
+        return [batch(_draw(method, own, pool, buffer, batch_size, batch_size // 2, rng), stage)
+                for _ in range(steps)]
 
     def train_task(i: int) -> None:
         if method == "adapters" and i > 0:  # a fresh adapter and output layer for this task
@@ -651,18 +653,8 @@ def instruction_stream(
 
     def batches_for(i: int) -> list[dict[str, torch.Tensor]]:
         own, pool = examples[i], [e for k in range(i + 1) for e in examples[k]]
-        out = []
-        for _ in range(steps):
-            if method == "joint":
-                chosen = [pool[rng.randrange(len(pool))] for _ in range(batch_size)]
-            elif method == "replay" and len(buffer):
-                old = max(1, batch_size // 4)
-                chosen = ([own[rng.randrange(len(own))] for _ in range(batch_size - old)]
-                          + buffer.sample(old, rng))
-            else:
-                chosen = [own[rng.randrange(len(own))] for _ in range(batch_size)]
-            out.append(pad(chosen, pad_id))
-        return out
+        return [pad(_draw(method, own, pool, buffer, batch_size, max(1, batch_size // 4), rng), pad_id)
+                for _ in range(steps)]
 
     def train_task(i: int) -> None:
         if method == "adapters" and i > 0:
