@@ -66,6 +66,7 @@ INTERACTIONS: dict[str, list[tuple[str, str, object]]] = {
     "09": [("select", "select", 5)],
     "10": [("press", ".widget-slider .noUi-handle", ("ArrowRight", 3))],
     "11": [("select", "select", 1)],
+    "12": [("select", "select", 2)],
 }
 
 # What an explorer shows: Output widgets, HTML widgets and images.

@@ -30,6 +30,8 @@ SHARED = {"runtime", "assets", "trainer", "plotting", "chat", "exercises"}
 # lesson modules whose notebook is being written (named by issue), with the notebook's number
 PLANNED: dict[str, int] = {}
 NAMED = re.compile(r"`llm_tutorial/(\w+)\.py`")
+# launchable scripts of a lesson (`llm_tutorial/scripts/<name>.py`), named by its notebook too
+NAMED_SCRIPT = re.compile(r"`llm_tutorial/scripts/(\w+)\.py`")
 
 
 def _notebooks() -> list[Path]:
@@ -53,6 +55,16 @@ def _lessons() -> dict[str, int]:
     for name, number in PLANNED.items():
         assert name not in owner, f"{name}.py has its notebook now: remove it from PLANNED"
         owner[name] = number
+    return owner
+
+
+def _scripts() -> dict[str, int]:
+    """Script module ("scripts.train_ddp") -> the number of the notebook that names it."""
+    owner = {}
+    for notebook in _notebooks():
+        for name in NAMED_SCRIPT.findall(_first_cell(notebook)):
+            assert (PACKAGE / "scripts" / f"{name}.py").exists(), f"{notebook.name} names llm_tutorial/scripts/{name}.py"
+            owner[f"scripts.{name}"] = int(notebook.name[:2])
     return owner
 
 
@@ -114,11 +126,16 @@ def test_every_notebook_names_its_modules_tests_and_exercises():
 
 
 def test_lessons_import_only_shared_modules_and_earlier_lessons():
-    owner, graph = _lessons(), _graph()
+    owner, graph, scripts = _lessons(), _graph(), _scripts()
     problems = []
     for module, imported in graph.items():
         top = _top(module)
-        if module.startswith("exercises.ch"):
+        if module == "scripts":  # the scripts package's empty __init__
+            continue
+        if module in scripts:  # a lesson's script: what its lesson may import, and that lesson
+            number, what = scripts[module], f"{module} (lesson {scripts[module]:02d})"
+            allowed = lambda m, n=number: _top(m) in SHARED or owner.get(_top(m), 99) <= n  # noqa: E731
+        elif module.startswith("exercises.ch"):
             number, what = int(module[len("exercises.ch"):]), f"exercises/{module[10:]}"
             allowed = lambda m, n=number: _top(m) in SHARED or owner.get(_top(m), 99) <= n  # noqa: E731
         elif top in owner:

@@ -156,6 +156,7 @@ USED_WITHOUT_IMPORT = {
     "ipykernel": "the kernel papermill and nbval start",
     "papermill": "executes the notebooks (make run)",
     "nbval": "verifies the notebooks (make test)",
+    "onnxscript": "torch.onnx.export(dynamo=True) translates the graph with it (notebook 12)",
 }
 
 

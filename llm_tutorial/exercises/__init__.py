@@ -20,6 +20,7 @@ from __future__ import annotations
 import dis
 import importlib
 import inspect
+import numbers
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +67,27 @@ def _is_placeholder(answer: Any) -> bool:
 
 
 DIRECTIONS = ("higher", "lower", "same")
+
+
+def as_number(value: Any) -> float | None:
+    """`value` as a float if it is one number (a Python or NumPy number, a one-element tensor
+    or array), else None: what a checker accepts where a learner may type `2`, `np.float64(2)`
+    or `torch.tensor(2.0)`."""
+    if isinstance(value, (bool, str, bytes)):
+        return None
+    if isinstance(value, numbers.Real):
+        return float(value)
+    try:
+        if getattr(value, "size", None) == 1 or getattr(value, "numel", lambda: 0)() == 1:
+            return float(value.item())
+    except Exception:  # an object that only looks like an array
+        return None
+    return None
+
+
+def close(a: float, b: float, tol: float) -> bool:
+    """|a - b| <= tol."""
+    return abs(a - b) <= tol
 
 
 def direction_check(answer: Any, right: str, hint: str) -> str | None:

@@ -9,34 +9,15 @@
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 import torch
 from torch import nn
 
 from llm_tutorial import continual
+from llm_tutorial.exercises import as_number as _as_number
+from llm_tutorial.exercises import close as _close
 from llm_tutorial.exercises import exercise
-
-
-def _as_number(value) -> float | None:
-    """`value` as a float if it is one number (a Python or NumPy number, a one-element tensor
-    or array), else None."""
-    if isinstance(value, (bool, str, bytes)):
-        return None
-    if isinstance(value, numbers.Real):
-        return float(value)
-    try:
-        if getattr(value, "size", None) == 1 or getattr(value, "numel", lambda: 0)() == 1:
-            return float(value.item())
-    except Exception:  # an object that only looks like an array
-        return None
-    return None
-
-
-def _close(a: float, b: float, tol: float) -> bool:
-    return abs(a - b) <= tol
-
 
 # ------------------------------------------------------------------------------ 11.backward-transfer
 
