@@ -273,7 +273,7 @@ def measure_training(make_model: Callable[[], nn.Module], batch: Mapping[str, to
             for i, micro_batch in enumerate(micro):
                 if i:
                     next_forward()
-                with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
+                with torch.autocast(trainer.device.type, torch.bfloat16, enabled=precision == "bf16"):
                     loss = compute_loss(model, micro_batch)
                 (loss / grad_accum).backward()
             trainer.optimizer.step()

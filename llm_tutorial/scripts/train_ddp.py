@@ -7,7 +7,7 @@ either alone or as one of the processes that PyTorch's launcher starts:
     python -m llm_tutorial.scripts.train_ddp --strategy single
     torchrun --nproc_per_node=2 -m llm_tutorial.scripts.train_ddp --strategy ddp
     torchrun --nproc_per_node=2 -m llm_tutorial.scripts.train_ddp --strategy fsdp
-    torchrun --nnodes=2 --node_rank=0 --rdzv_endpoint=HOST:29500 --nproc_per_node=8 \\
+    torchrun --nnodes=2 --node_rank=0 --master_addr=HOST --master_port=29500 --nproc_per_node=8 \\
         -m llm_tutorial.scripts.train_ddp --strategy fsdp      # and node_rank=1 on the other node
 
 Every process builds the same model (same seed) and draws the same global batches; each trains
