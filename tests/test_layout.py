@@ -132,11 +132,10 @@ def test_lessons_import_only_shared_modules_and_earlier_lessons():
         top = _top(module)
         if module == "scripts":  # the scripts package's empty __init__
             continue
-        if module in scripts:  # a lesson's script: what its lesson may import, and that lesson
-            number, what = scripts[module], f"{module} (lesson {scripts[module]:02d})"
-            allowed = lambda m, n=number: _top(m) in SHARED or owner.get(_top(m), 99) <= n  # noqa: E731
-        elif module.startswith("exercises.ch"):
-            number, what = int(module[len("exercises.ch"):]), f"exercises/{module[10:]}"
+        if module in scripts or module.startswith("exercises.ch"):
+            # a lesson's script or exercises: what its lesson may import, and that lesson itself
+            number, what = ((scripts[module], f"{module} (lesson {scripts[module]:02d})") if module in scripts
+                            else (int(module[len("exercises.ch"):]), f"exercises/{module[10:]}"))
             allowed = lambda m, n=number: _top(m) in SHARED or owner.get(_top(m), 99) <= n  # noqa: E731
         elif top in owner:
             number, what = owner[top], f"{top} (lesson {owner[top]:02d})"

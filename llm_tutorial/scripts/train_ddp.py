@@ -98,7 +98,7 @@ def run(strategy: str, steps: int = 8, batch_size: int = 8, seq_len: int = 64, d
     history = Trainer(model, shards, config, device=device).train()
     losses = torch.tensor(history["train_loss"].to_numpy(), dtype=torch.float64, device=device)
 
-    record = {"strategy": strategy, "world_size": world, "parameters": total, "parameters_per_rank": local}
+    record = {"strategy": strategy, "world_size": world, "parameters": total}
     if distributed:
         dist.all_reduce(losses)  # the global batch's mean loss = the mean of the ranks' means
         losses /= world
