@@ -4,6 +4,7 @@
 #                and the course site outputs/site/
 #   make test    ruff + unit tests + nbval over every notebook (smoke profile) on another CPU kernel
 #                path than made the committed outputs (`make repro`) + browser tests
+#   make serve   serve the course's models over HTTP (notebook 13; llm_tutorial/serve.py)
 #
 # Variables: PYTHON (interpreter that creates the venv), VENV, PROFILE (smoke|full, empty = auto),
 # NOTEBOOKS (which notebooks `run`/`bench` execute), NOTEBOOK (one notebook for `goldens`).
@@ -30,7 +31,7 @@ NBVAL = LLM_TUTORIAL_PROFILE=smoke LLM_TUTORIAL_PROGRESS=auto $(PY) -m pytest -q
 # CI, PASSIVE made SmolLM2's generation about 1.5x slower (docs/results/notebooks.md, Threads).
 # On a busy machine export OMP_WAIT_POLICY=PASSIVE yourself; it changes no number.
 
-.PHONY: help setup run site test test-latest nbval repro browser goldens lint bench clean
+.PHONY: help setup run site test test-latest nbval repro browser goldens lint bench serve clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -113,6 +114,9 @@ test-latest:  ## unit tests + every notebook (smoke) with the newest release of 
 	$(LATEST)/bin/python -m llm_tutorial_build.report run --out outputs/latest --profile smoke \
 		--notebooks $(NOTEBOOKS) || rc=$$?; \
 	echo "versions: $(LATEST)/versions.txt; executed notebooks: outputs/latest/"; exit $$rc
+
+serve: setup  ## serve the course's models over HTTP on 127.0.0.1:8000 (env LLM_TUTORIAL_SERVE_*; see llm_tutorial/serve.py)
+	$(PY) -m llm_tutorial.serve
 
 clean:  ## remove outputs/
 	rm -rf outputs

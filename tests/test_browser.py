@@ -67,6 +67,7 @@ INTERACTIONS: dict[str, list[tuple[str, str, object]]] = {
     "10": [("press", ".widget-slider .noUi-handle", ("ArrowRight", 3))],
     "11": [("select", "select", 1)],
     "12": [("select", "select", 2)],
+    "13": [("fill", "input[type=text]", "How long may a notebook run in the continuous integration?")],
 }
 
 # What an explorer shows: Output widgets, HTML widgets and images.

@@ -125,3 +125,54 @@ def test_the_notebooks_placeholders_do_not_open_the_solutions(notebook):
     assert answers
     opened = [key for key, answer in answers.items() if not exercises._is_placeholder(answer)]
     assert not opened, f"placeholders taken for attempts: {opened}"
+
+
+# ------------------------------------------------------------------------------ notebook 13's designs
+
+
+def test_rrf_exercise_puts_first_what_neither_list_does():
+    from llm_tutorial.exercises import ch13
+
+    first = ch13.rrf_predict_solution()
+    assert first not in (ch13.BM25_RANKING[0], ch13.DENSE_RANKING[0])  # the point of the question
+    assert ch13.BM25_RANKING.index(first) == ch13.DENSE_RANKING.index(first) == 1
+    for spelling in (first, first.upper(), f" {first[-1].lower()} "):
+        assert exercises.evaluate("13.rrf-predict", spelling) is None
+    for other in dict.fromkeys(ch13.BM25_RANKING + ch13.DENSE_RANKING):
+        if other != first:
+            hint = exercises.evaluate("13.rrf-predict", other)
+            assert hint and first not in hint, (other, hint)
+
+
+def test_ndcg_checker_agrees_with_the_library_and_names_common_mistakes():
+    import math
+
+    from llm_tutorial.exercises import ch13
+
+    for rank, k in ch13.NDCG_CASES:
+        assert ch13._library_ndcg(rank, k) == pytest.approx(ch13.ndcg_solution(rank, k), abs=1e-12)
+    mistakes = {  # a learner's function -> a word its hint must contain
+        lambda r, k: 1 / math.log(1 + r) if 0 < r <= k else 0.0: "base 2",
+        lambda r, k: 1 / math.log2(1 + r) if 0 < r else 0.0: "outside the top",
+        lambda r, k: 1 / math.log2(1 + r) if 0 < r < k else 0.0: "still inside",
+        lambda r, k: 1 / math.log2(1 + r) if r <= k else 0.0: "not retrieved",
+        lambda r, k: 1 / math.log2(r) if 0 < r <= k else 0.0: "log2(1 + r)",
+        lambda r, k: 1 / math.log2(2 + r) if 0 < r <= k else 0.0: "rank 1",
+    }
+    for wrong, word in mistakes.items():
+        hint = exercises.evaluate("13.ndcg", wrong)
+        assert hint and word in hint, hint
+
+
+def test_cusum_exercise_answer_is_measured_and_accepts_synonyms():
+    from llm_tutorial.exercises import ch13
+
+    table = ch13.measure_thresholds()
+    assert list(table.index) == [ch13.THRESHOLD, 2 * ch13.THRESHOLD] and (table["detected"] == 1).all()
+    delay, false = table["detection delay (mentions)"], table["false alarms per 1000"]
+    assert delay.iloc[1] > 1.5 * delay.iloc[0] and false.iloc[1] < 0.5 * false.iloc[0]
+    assert ch13.cusum_threshold_solution() == ("higher", "lower")
+    for answer in (("up", "down"), ["Longer", "fewer."], {"delay": "higher", "false alarms": "lower"}):
+        assert exercises.evaluate("13.cusum-threshold", answer) is None
+    assert "right" in exercises.evaluate("13.cusum-threshold", ("higher", "same"))
+    assert "placeholder" in exercises.evaluate("13.cusum-threshold", (None, None))

@@ -5,7 +5,9 @@
   has its tests in `tests/test_<name>.py`; each notebook has its exercises in
   `llm_tutorial/exercises/chNN.py`.
 * Lesson NN imports only the shared modules and earlier lessons, so chapters read in order:
-  nothing in notebook 06 depends on code that notebook 07 introduces.
+  nothing in notebook 06 depends on code that notebook 07 introduces. Where a notebook names
+  several modules, each may also import the ones it names before it (13: `applications`, then
+  `serve`, which serves them).
 * Shared modules import no lesson; the build tooling lives in its own package,
   `llm_tutorial_build`, which nothing in `llm_tutorial` imports.
 * No import cycle among the package's modules, counting imports inside functions too.
@@ -125,8 +127,14 @@ def test_every_notebook_names_its_modules_tests_and_exercises():
                                    f"unnamed: {sorted(modules - set(owner))}")
 
 
+def _positions() -> dict[str, int]:
+    """Lesson module -> its place among the modules its notebook's first cell names."""
+    return {name: i for notebook in _notebooks()
+            for i, name in enumerate(n for n in dict.fromkeys(NAMED.findall(_first_cell(notebook))) if n not in SHARED)}
+
+
 def test_lessons_import_only_shared_modules_and_earlier_lessons():
-    owner, graph, scripts = _lessons(), _graph(), _scripts()
+    owner, graph, scripts, place = _lessons(), _graph(), _scripts(), _positions()
     problems = []
     for module, imported in graph.items():
         top = _top(module)
@@ -139,7 +147,8 @@ def test_lessons_import_only_shared_modules_and_earlier_lessons():
             allowed = lambda m, n=number: _top(m) in SHARED or owner.get(_top(m), 99) <= n  # noqa: E731
         elif top in owner:
             number, what = owner[top], f"{top} (lesson {owner[top]:02d})"
-            allowed = lambda m, n=number: _top(m) in SHARED or owner.get(_top(m), 99) < n  # noqa: E731
+            allowed = lambda m, n=number, t=top: (_top(m) in SHARED or owner.get(_top(m), 99) < n  # noqa: E731
+                                                  or (owner.get(_top(m)) == n and place[_top(m)] < place[t]))
         elif module == "llm_tutorial":  # the package's __init__
             continue
         elif top in SHARED:
