@@ -230,6 +230,8 @@ class DenseRetriever:
         self._queries: dict[str, np.ndarray] = {}  # embeddings of queries seen, for the hybrid's second look
 
     def search(self, queries: Sequence[str], k: int = 10) -> list[list[tuple[int, float]]]:
+        if len(self._queries) > 100_000:  # a long-lived service: keep the memory bounded
+            self._queries.clear()
         new = [q for q in dict.fromkeys(queries) if q not in self._queries]
         if new:
             self._queries.update(zip(new, normalise(self.embed(new)), strict=True))
