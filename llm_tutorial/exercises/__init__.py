@@ -99,6 +99,64 @@ def direction_check(answer: Any, right: str, hint: str) -> str | None:
     return None if word == right else hint
 
 
+# the words a learner may write for each of DIRECTIONS
+DIRECTION_WORDS = {
+    "higher": ("higher", "up", "goes up", "longer", "more", "larger", "greater", "worse", "increase",
+               "increases", "rises", "grows"),
+    "lower": ("lower", "down", "goes down", "shorter", "fewer", "less", "smaller", "better",
+              "decrease", "decreases", "falls", "drops"),
+    "same": ("same", "the same", "unchanged", "no change", "equal", "stays the same"),
+}
+
+
+def as_direction(word: Any) -> str | None:
+    """The one of `DIRECTIONS` that `word` names ("up", "Longer.", "fewer" ...), else None."""
+    if not isinstance(word, str):
+        return None
+    word = word.strip().lower().rstrip(".")
+    return next((d for d in DIRECTIONS if word in DIRECTION_WORDS[d]), None)
+
+
+def measured_direction(before: float, after: float, tol: float = 0.05) -> str:
+    """Which of `DIRECTIONS` a measurement moved, `before` → `after`: "same" within `tol` of the
+    larger (relatively), else "higher" or "lower"."""
+    if abs(after - before) <= tol * max(abs(before), abs(after), 1e-12):
+        return "same"
+    return "higher" if after > before else "lower"
+
+
+def direction_pair_check(answer: Any, names: tuple[str, str], keys: tuple[tuple[str, ...], tuple[str, ...]],
+                         right: tuple[str, str], hints: tuple[str, str]) -> str | None:
+    """Check a "predict, then measure" answer about two quantities at once, e.g. (delay, false
+    alarms): a tuple or list of two `DIRECTIONS` words, or a dict whose keys contain one of
+    `keys[0]` and one of `keys[1]`. `None` when both equal `right`; else the `hints` of the
+    wrong parts, each opening with its quantity's name ("the delay: think again. ..."), and
+    saying which part is right when one is."""
+    example = '("same", "higher")'
+    if isinstance(answer, dict):
+        parts = [[v for k, v in answer.items() if any(w in str(k).lower() for w in words)] for words in keys]
+        pair = (parts[0][0], parts[1][0]) if all(len(p) == 1 for p in parts) else None
+    else:
+        pair = tuple(answer) if isinstance(answer, (tuple, list)) and len(answer) == 2 else None
+    if pair is None:
+        return (f"answer with a pair ({names[0]}, {names[1]}), each \"higher\", \"lower\" or \"same\", "
+                f"e.g. {example}")
+    if all(part is None or part is Ellipsis for part in pair):
+        return f"no answer yet: replace the placeholders with two words, e.g. {example}"
+    words = [as_direction(part) for part in pair]
+    if None in words:
+        return (f"{pair[words.index(None)]!r} is not a direction: use \"higher\", \"lower\" or \"same\" "
+                "(or \"up\", \"down\")")
+    wrong = [f"the {name}: think again. {hint}" for name, word, want, hint
+             in zip(names, words, right, hints, strict=True) if word != want]
+    if not wrong:
+        return None
+    if len(wrong) == 1:
+        correct = names[0] if words[0] == right[0] else names[1]
+        return f"the {correct}: right. {wrong[0][0].upper() + wrong[0][1:]}"
+    return " ".join(w[0].upper() + w[1:] for w in wrong)
+
+
 def exercise(key: str, question: str, checker: Checker, *, wrong_answer: Any,
              answer_is_value: bool = False) -> Callable[[Callable], Callable]:
     """Decorator that registers the decorated function as the reference solution of `key`."""

@@ -18,10 +18,11 @@ import numpy as np
 import pandas as pd
 
 from llm_tutorial import applications
-from llm_tutorial.exercises import DIRECTIONS as _DIRECTIONS
 from llm_tutorial.exercises import as_number as _as_number
 from llm_tutorial.exercises import close as _close
+from llm_tutorial.exercises import direction_pair_check as _direction_pair_check
 from llm_tutorial.exercises import exercise
+from llm_tutorial.exercises import measured_direction as _direction
 
 # ------------------------------------------------------------------------------ 13.rrf-predict
 
@@ -227,13 +228,6 @@ def measure_thresholds(h_values: Sequence[float] = (THRESHOLD, 2 * THRESHOLD),
     return pd.DataFrame(rows).set_index("threshold h")
 
 
-def _direction(before: float, after: float, tol: float = 0.05) -> str:
-    """"higher", "lower" or "same" (within `tol` of the larger, relatively)."""
-    if abs(after - before) <= tol * max(abs(before), abs(after), 1e-12):
-        return "same"
-    return "higher" if after > before else "lower"
-
-
 @lru_cache(maxsize=1)
 def _measured_directions() -> tuple[str, str]:
     """(delay, false alarms) at 2H against H, measured with the library."""
@@ -243,62 +237,14 @@ def _measured_directions() -> tuple[str, str]:
             _direction(low["false alarms per 1000"], high["false alarms per 1000"]))
 
 
-_SYNONYMS = {
-    "higher": ("higher", "up", "goes up", "longer", "more", "larger", "greater", "increase",
-               "increases", "rises", "grows"),
-    "lower": ("lower", "down", "goes down", "shorter", "fewer", "less", "smaller", "decrease",
-              "decreases", "falls", "drops"),
-    "same": ("same", "the same", "unchanged", "no change", "equal", "stays the same"),
-}
-
-
-def _as_direction(word) -> str | None:
-    if not isinstance(word, str):
-        return None
-    word = word.strip().lower().rstrip(".")
-    return next((d for d in _DIRECTIONS if word in _SYNONYMS[d]), None)
-
-
-def _pair(answer) -> tuple | None:
-    """(delay, false alarms) from a tuple or list of two, or a dict keyed "delay" and
-    "false alarms"."""
-    if isinstance(answer, dict):
-        delay = [v for key, v in answer.items() if "delay" in str(key).lower()]
-        false = [v for key, v in answer.items() if "false" in str(key).lower() or "alarm" in str(key).lower()]
-        return (delay[0], false[0]) if len(delay) == 1 and len(false) == 1 else None
-    if isinstance(answer, (tuple, list)) and len(answer) == 2:
-        return tuple(answer)
-    return None
-
-
 def _check_cusum_threshold(answer) -> str | None:
-    pair = _pair(answer)
-    if pair is None:
-        return ('answer with a pair (delay, false alarms), each "higher", "lower" or "same", '
-                'e.g. ("same", "higher")')
-    if all(part is None or part is Ellipsis for part in pair):
-        return "no answer yet: replace the placeholders with two words, e.g. (\"same\", \"higher\")"
-    delay, false = (_as_direction(part) for part in pair)
-    if delay is None or false is None:
-        bad = pair[0] if delay is None else pair[1]
-        return f'{bad!r} is not a direction: use "higher", "lower" or "same" (or "up", "down")'
-    want_delay, want_false = _measured_directions()
-    hints = []
-    if delay != want_delay:
-        hints.append("the delay: think again. After the change S_t climbs only slowly, by about "
-                     f"{SHARE_AFTER} - {CUSUM_MEAN} - {CUSUM_SLACK} = "
-                     f"{SHARE_AFTER - CUSUM_MEAN - CUSUM_SLACK:.1f} per mention on average; how "
-                     "long does it take to climb past a threshold twice as high?")
-    if false != want_false:
-        hints.append("the false alarms: think again. Before the change S_t drifts down to 0 and crosses h only "
-                     "on an unlucky run of negative mentions; how much longer must that run be "
-                     "to cross 2H, and how much rarer is it?")
-    if not hints:
-        return None
-    if len(hints) == 1:
-        right = "the false alarms" if delay != want_delay else "the delay"
-        return f"{right}: right. {hints[0][0].upper() + hints[0][1:]}"
-    return f"{hints[0][0].upper() + hints[0][1:]} {hints[1][0].upper() + hints[1][1:]}"
+    return _direction_pair_check(
+        answer, ("delay", "false alarms"), (("delay",), ("false", "alarm")), _measured_directions(),
+        ("After the change S_t climbs only slowly, by about "
+         f"{SHARE_AFTER} - {CUSUM_MEAN} - {CUSUM_SLACK} = {SHARE_AFTER - CUSUM_MEAN - CUSUM_SLACK:.1f} per "
+         "mention on average; how long does it take to climb past a threshold twice as high?",
+         "Before the change S_t drifts down to 0 and crosses h only on an unlucky run of negative "
+         "mentions; how much longer must that run be to cross 2H, and how much rarer is it?"))
 
 
 @exercise("13.cusum-threshold", "Predict, then run: the CUSUM alert rule watches the share of "
