@@ -68,6 +68,7 @@ INTERACTIONS: dict[str, list[tuple[str, str, object]]] = {
     "11": [("select", "select", 1)],
     "12": [("select", "select", 2)],
     "13": [("fill", "input[type=text]", "How long may a notebook run in the continuous integration?")],
+    "14": [("press", ".widget-slider .noUi-handle", ("ArrowRight", 3))],
 }
 
 # What an explorer shows: Output widgets, HTML widgets and images.

@@ -176,3 +176,97 @@ def test_cusum_exercise_answer_is_measured_and_accepts_synonyms():
         assert exercises.evaluate("13.cusum-threshold", answer) is None
     assert "right" in exercises.evaluate("13.cusum-threshold", ("higher", "same"))
     assert "placeholder" in exercises.evaluate("13.cusum-threshold", (None, None))
+
+
+# ------------------------------------------------------------------------------ notebook 14's designs
+
+
+def test_ch14_receptive_field_measured_equals_the_solution_and_wrong_counts_are_named():
+    import numpy as np
+
+    from llm_tutorial.exercises import ch14
+
+    for seed in range(3):
+        table = ch14.measure_receptive_field(seed=seed)
+        changed = set(table.index[table["changes T"]])
+        assert changed == {n for n, hops in table["hops from T"].items() if hops <= 2}
+        assert (table.loc[~table["changes T"], "change of T's output"] == 0).all()  # exactly 0
+        assert len(changed) == ch14.receptive_field_solution() == 7
+    for answer in (7, 7.0, np.int64(7)):
+        assert exercises.evaluate("14.receptive-field", answer) is None
+    named = {6: "T itself", 3: "one layer", 2: "neighbours only", 4: "exactly two hops",
+             9: "three hops", 10: "whole graph"}
+    for count, words in named.items():
+        hint = exercises.evaluate("14.receptive-field", count)
+        assert words in hint, (count, hint)
+    assert "whole number" in exercises.evaluate("14.receptive-field", 6.5)
+    assert "whole number" in exercises.evaluate("14.receptive-field", "seven")
+
+
+def test_ch14_kl_diagonal_matches_torch_distributions_and_names_planted_mistakes():
+    import torch
+
+    from llm_tutorial import generative
+    from llm_tutorial.exercises import ch14
+
+    for _, args in ch14._kl_cases():
+        want = ch14._reference_kl(*args)
+        assert torch.allclose(ch14.kl_diagonal_solution(*args), want, atol=1e-12)
+        assert torch.allclose(ch14._kl_formula(*args), want, atol=1e-12)
+    mu, logvar = torch.randn(6, 2), torch.randn(6, 2)
+    zeros = torch.zeros_like(mu)
+    assert torch.allclose(ch14.kl_diagonal_solution(mu, logvar, zeros, zeros),
+                          generative.gaussian_kl(mu, logvar), atol=1e-6)
+
+    def kl(mq, lq, mp, lp, half=0.5, var=torch.exp, log_ratio=None, reduce="sum", minus=1.0,
+           mean_scale=True):
+        vq, vp = var(lq), var(lp)
+        log_term = torch.log(vp / vq) if log_ratio is None else log_ratio(lq, lp)
+        mean = (mq - mp) ** 2 / (vp if mean_scale else 1.0)
+        per_dim = half * (log_term + vq / vp + mean - minus)
+        return {"sum": per_dim.sum(-1), "mean": per_dim.mean(-1), None: per_dim}[reduce]
+
+    right = [kl, lambda *a: kl(*a).numpy(), lambda *a: kl(*a).tolist()]
+    for answer in right:
+        assert exercises.evaluate("14.kl-gaussians", answer) is None
+    mistakes = {
+        lambda mq, lq, mp, lp: kl(mp, lp, mq, lq): "other way round",
+        lambda *a: kl(*a, half=1.0): "½",
+        lambda *a: kl(*a, reduce="mean"): "averaged over the latent dimensions",
+        lambda *a: kl(*a, var=lambda lv: torch.exp(lv) ** 2): "not log σ",  # exp(logvar) as σ
+        lambda *a: kl(*a, var=lambda lv: lv ** 2): "as the standard deviation",
+        lambda *a: kl(*a, var=lambda lv: lv, log_ratio=lambda lq, lp: lp - lq): "as the variance σ²",
+        lambda *a: kl(*a, var=lambda lv: lv): "NaN",  # log of a negative "variance"
+        lambda *a: kl(*a, mean_scale=False): "divided by p's variance",
+        lambda *a: kl(*a, minus=0.0): "not 0",
+        lambda mq, lq, mp, lp: generative.gaussian_kl(mq, lq): "gaussian_kl",
+        lambda *a: kl(*a).sum(): "one number",
+        lambda *a: kl(*a).mean().item(): "one number",
+        lambda *a: kl(*a, reduce=None): "per latent dimension",
+        lambda mq, lq, mp, lp: kl(mq, lq, mp, lp).sum(0) if mq.ndim == 3 else kl(mq, lq, mp, lp): "dim=1",
+        lambda *a: None: "returned None",
+        lambda *a: "kl": "returned str",
+    }
+    for wrong, words in mistakes.items():
+        hint = exercises.evaluate("14.kl-gaussians", wrong)
+        assert hint and words in hint, (words, hint)
+    assert "not its result" in exercises.evaluate("14.kl-gaussians", 1.5)
+
+
+def test_ch14_beta_exercise_answer_is_measured_and_accepts_synonyms():
+    from llm_tutorial.exercises import ch14
+
+    table = ch14.measure_beta()
+    assert list(table.index) == [1.0, 4.0]
+    recon, kl, nelbo = table["reconstruction (nats)"], table["KL (nats)"], table["−ELBO (nats)"]
+    assert recon.iloc[1] > recon.iloc[0] + 1.0 and kl.iloc[1] < 0.5 * kl.iloc[0]  # clear margins
+    assert nelbo.iloc[1] > nelbo.iloc[0]
+    assert ch14.beta_predict_solution() == ("higher", "lower")
+    for answer in (("up", "down"), ["Worse", "less."], {"reconstruction": "higher", "KL": "lower"}):
+        assert exercises.evaluate("14.beta-predict", answer) is None
+    assert "the KL: right" in exercises.evaluate("14.beta-predict", ("same", "lower"))
+    assert "the reconstruction error: right" in exercises.evaluate("14.beta-predict", ("higher", "same"))
+    both = exercises.evaluate("14.beta-predict", ("lower", "higher"))
+    assert "reconstruction error: think again" in both and "KL: think again" in both
+    assert "placeholder" in exercises.evaluate("14.beta-predict", (None, None))
+    assert "not a direction" in exercises.evaluate("14.beta-predict", ("higher", "maybe"))
