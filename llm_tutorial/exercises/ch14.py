@@ -73,8 +73,9 @@ def measure_receptive_field(seed: int = 0, tol: float = 1e-6) -> pd.DataFrame:
     notebook shows once the learner has predicted."""
     torch.manual_seed(seed)
     model = graphs.GCN(in_dim=4, hidden=16, out_dim=3, dropout=0.0).eval()
-    one_way = torch.tensor(EDGES).T
-    adj = graphs.normalized_adjacency(torch.cat([one_way, one_way.flip(0)], dim=1), N_NODES)
+    edge_index, nodes = graphs.to_edge_index(exercise_graph())
+    assert nodes == list(range(N_NODES)), "node ids are their positions"
+    adj = graphs.normalized_adjacency(edge_index, N_NODES)
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(N_NODES, 4, generator=generator)
     before = model(x, adj)[TARGET]
