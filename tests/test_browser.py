@@ -5,7 +5,11 @@
   formulas laid out as MathML, and the prev/next links walk through every lesson in order.
 - JupyterLab: a real ``jupyter lab`` server on 127.0.0.1; for each notebook the browser runs the
   cells up to the explorer (the cell tagged ``widget``), then types into / slides / picks in
-  one of its controls and checks that what the explorer shows changes.
+  one of its controls and checks that what the explorer shows changes. Cells tagged
+  ``lab-test-skip`` (timings, evaluations, plots and side experiments whose results the explorer
+  does not read) are left out of the copy JupyterLab opens: nbval runs every cell, and this test
+  is about the explorer. Leaving them out saves about a third of the CI run's browser time;
+  ``tests/test_notebooks.py`` checks that no kept cell reads a name only a left-out cell defines.
 
 Screenshots go to ``outputs/screenshots/``. These tests are marked ``browser``: deselect them
 with ``-m "not browser"``. Without Chromium they are skipped, except under CI, where they fail
@@ -19,7 +23,6 @@ import http.server
 import json
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -196,13 +199,23 @@ def test_site_solutions_are_folded_until_asked_for(browser, site_server):
 # ----------------------------------------------------------------------------- JupyterLab
 
 
+LAB_SKIP = "lab-test-skip"
+
+
+def lab_copy(source: Path, destination: Path) -> None:
+    """Copy a notebook for JupyterLab without its cells tagged ``lab-test-skip``."""
+    nb = nbformat.read(source, as_version=4)
+    nb.cells = [c for c in nb.cells if LAB_SKIP not in c.metadata.get("tags", [])]
+    nbformat.write(nb, destination)
+
+
 @pytest.fixture(scope="module")
 def jupyterlab(tmp_path_factory):
     """A JupyterLab server on 127.0.0.1 over copies of the notebooks (what the browser changes
     is autosaved there, never into notebooks/)."""
     root = tmp_path_factory.mktemp("lab")
     for nb in NOTEBOOKS:
-        shutil.copy(nb, root / nb.name)
+        lab_copy(nb, root / nb.name)
     config = root / ".config"
     (config / "labconfig").mkdir(parents=True)
     # no "get Jupyter news?" toast, which would fetch from the web and cover the notebook
@@ -359,16 +372,19 @@ def test_jupyterlab_runs_the_explorer_and_it_reacts(browser, jupyterlab, noteboo
 
 def test_jupyterlab_check_fails_on_an_error_above_the_explorer(browser, jupyterlab):
     """The harness itself: an exception in a cell above the explorer fails the test with the
-    exception's name and message (rather than timing out or passing)."""
+    exception's name and message (rather than timing out or passing); a cell tagged
+    ``lab-test-skip`` is not run."""
     url, token, root = jupyterlab
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.cells = [
         nbformat.v4.new_code_cell("x = 1"),
+        nbformat.v4.new_code_cell("raise KeyError('left out')", metadata={"tags": [LAB_SKIP]}),
         nbformat.v4.new_code_cell("raise ValueError('broken on purpose')"),
         nbformat.v4.new_code_cell("import ipywidgets\nipywidgets.Text()", metadata={"tags": ["widget"]}),
     ]
-    nbformat.write(nb, root / "99_broken.ipynb")
+    nbformat.write(nb, root / "99_source.ipynb")
+    lab_copy(root / "99_source.ipynb", root / "99_broken.ipynb")
     page = browser.new_page()
     page.goto(f"{url}/lab?token={token}&reset")
     try:

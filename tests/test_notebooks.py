@@ -3,6 +3,8 @@ set-up cell, objectives, a papermill `parameters` cell) and is listed in the REA
 
 from __future__ import annotations
 
+import ast
+import builtins
 import re
 from pathlib import Path
 
@@ -72,6 +74,56 @@ def test_one_explorer_cell_tagged_widget(notebook):
     assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in cell.outputs), (
         f"{path.name}: the cell tagged widget must display an ipywidgets explorer"
     )
+
+
+# tests/test_browser.py runs each notebook in JupyterLab up to its explorer, leaving out the cells
+# tagged lab-test-skip (timings, evaluations, plots, side experiments): nbval runs them all.
+LAB_SKIP = "lab-test-skip"
+
+
+def _binds_and_reads(source: str) -> tuple[set[str], set[str]]:
+    """The names a cell binds and the names it reads (at any depth, builtins aside)."""
+    code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+    binds, reads = set(), set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Name):
+            (reads if isinstance(node.ctx, ast.Load) else binds).add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            binds.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            binds.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.arg):
+            binds.add(node.arg)
+    return binds, reads - set(dir(builtins))
+
+
+def test_cells_left_out_of_the_lab_test_feed_nothing_it_runs(notebook):
+    """A cell tagged lab-test-skip sits above the explorer, is not the set-up or parameters cell,
+    and binds no name that a cell the JupyterLab test runs reads (a NameError there otherwise)."""
+    path, nb = notebook
+    widget = next(i for i, c in enumerate(nb.cells) if "widget" in c.metadata.get("tags", []))
+    bound_by: dict[str, int] = {}  # name -> the cell that last bound it
+    for i, cell in enumerate(nb.cells):
+        tags = cell.metadata.get("tags", [])
+        if LAB_SKIP in tags:
+            assert cell.cell_type == "code" and i < widget, f"{path.name} cell {i}: {LAB_SKIP} above the explorer only"
+            assert not {"colab", "parameters"} & set(tags), f"{path.name} cell {i}: the set-up cells always run"
+        if cell.cell_type != "code" or i > widget:
+            continue
+        binds, reads = _binds_and_reads(cell.source)
+        if LAB_SKIP not in tags:
+            missing = sorted(n for n in reads - binds if LAB_SKIP in nb.cells[bound_by.get(n, 0)].metadata.get("tags", []))
+            assert not missing, f"{path.name} cell {i} reads {missing}, bound only in cells tagged {LAB_SKIP}"
+        bound_by.update(dict.fromkeys(binds, i))
+
+
+def test_the_lab_test_check_catches_a_name_bound_in_a_left_out_cell():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import torch\nx = torch.ones(2)", metadata={"tags": [LAB_SKIP]}),
+                nbformat.v4.new_code_cell("print(torch.sum(x))"),
+                nbformat.v4.new_code_cell("import ipywidgets", metadata={"tags": ["widget"]})]
+    with pytest.raises(AssertionError, match=r"cell 1 reads \['torch', 'x'\]"):
+        test_cells_left_out_of_the_lab_test_feed_nothing_it_runs((Path("99_x.ipynb"), nb))
 
 
 # Why nbval may skip comparing a cell's output: wall-clock timings, a description of this machine,
