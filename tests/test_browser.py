@@ -352,7 +352,9 @@ def test_jupyterlab_runs_the_explorer_and_it_reacts(browser, jupyterlab, noteboo
             timeout=60_000,
         )
         shown = cell.evaluate(SHOWN_JS)
-        explorer = cell.locator(".jp-Cell-outputArea > .jp-OutputArea-child").last
+        # the last output that holds widgets (a cell may print a checked line after them)
+        explorer = cell.locator(".jp-Cell-outputArea > .jp-OutputArea-child",
+                                has=page.locator(".jupyter-widgets")).last
         explorer.scroll_into_view_if_needed()
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         explorer.screenshot(path=str(SCREENSHOTS / f"lab-{notebook.stem}-before.png"))
