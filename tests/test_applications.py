@@ -13,6 +13,7 @@ import pytest
 from llm_tutorial import applications as app
 from llm_tutorial.chat import render_chat
 from tests.chat_models import tiny_llama, word_chat_tokenizer
+from tests.records import read_record, record_table
 
 # ------------------------------------------------------------------------------ knowledge bases
 
@@ -286,17 +287,11 @@ RECORD_SHA256 = "a257e74105fc1ed5138cf63244c5eff7366572766cdf998d9c0a60a25148fa0
 
 
 def test_the_full_profile_record_holds_the_notebooks_full_checks():
-    import hashlib
-
-    from llm_tutorial import assets
-
-    path = assets.recorded_results("applications")
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == RECORD_SHA256
-    rows, provenance = assets.read_recorded_results("applications")
+    rows, provenance = read_record("applications", RECORD_SHA256)
     assert provenance["date"] == "2026-12-06" and "exit 0" in provenance["commit"]
 
     def table(name):
-        return rows[rows.table == name].pivot_table(index="row", columns="column", values="value")
+        return record_table(rows, name)
 
     retrieval, answers, alerts, recs = table("retrieval"), table("answers"), table("alerts"), table("recommendation")
     assert retrieval.loc["news: BM25", "queries"] == 2000 and retrieval["recall@5"].min() > 10 * 5 / 575

@@ -19,6 +19,7 @@ from llm_tutorial.scripts import train_ddp
 from llm_tutorial.trainer import TrainConfig, Trainer
 from llm_tutorial.transformer import Transformer, TransformerConfig
 from tests.chat_models import tiny_llama, word_chat_tokenizer
+from tests.records import read_record, record_table
 
 
 def tiny_transformer(seed: int = 0) -> Transformer:
@@ -377,15 +378,8 @@ RECORD_SHA256 = "6b16e0bc027a9e02874684e0d19bbdb3c061fe465c6bcede5129042ff412a40
 
 
 def test_the_full_profile_record_holds_the_notebooks_checks():
-    import hashlib
-
-    from llm_tutorial import assets
-
-    path = assets.recorded_results("efficiency")
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == RECORD_SHA256
-    rows, provenance = assets.read_recorded_results("efficiency")
-    assert {"command", "hardware", "date", "commit"} <= set(provenance)
-    deploy = rows[rows["table"] == "deployment"].pivot(index="row", columns="column", values="value")
+    rows, _ = read_record("efficiency", RECORD_SHA256)
+    deploy = record_table(rows, "deployment")
     assert deploy.loc["PyTorch float32", "accuracy %"] >= 97  # notebook 04's fine-tuned classifier, 445 articles
     int8 = deploy.loc["ONNX int8"]
     assert int8["x smaller"] >= 3 and int8["x faster"] >= 1.3 and int8["accuracy change"] >= -2.5
@@ -393,7 +387,7 @@ def test_the_full_profile_record_holds_the_notebooks_checks():
     assert student["x faster"] >= 1.5 and student["accuracy change"] >= -2
     assert both["x faster"] >= 2.5 and both["x smaller"] >= 3
     assert abs(deploy.loc["magnitude-pruned 50%", "x smaller"] - 1) < 0.01
-    training = rows[rows["table"] == "training"].pivot(index="row", columns="column", values="value")
+    training = record_table(rows, "training")
     base = training.loc["float32, batch 16"]
     assert training.loc["grad. accumulation 4 x 4", "activations MiB"] / base["activations MiB"] < 0.35
     assert training.loc["activation checkpointing", "activations MiB"] / base["activations MiB"] < 0.5

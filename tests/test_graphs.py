@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from llm_tutorial import graphs
+from tests.records import read_record, record_table
 
 # ---------------------------------------------------------------------------- knowledge graph
 
@@ -276,19 +277,9 @@ RECORD_SHA256 = "ba1f68a2abd92ab04a84443196442b9fa84df1f92eb2a625e8373c6bbe76aaf
 def test_the_full_profile_record_holds_the_notebooks_full_checks():
     """`data/results/graphs_generative.csv`, what notebook 14's full profile measured and its smoke
     run shows: the file is the one recorded, and its numbers pass the notebook's checks."""
-    import hashlib
-
-    from llm_tutorial import assets
-
-    path = assets.recorded_results("graphs_generative")
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == RECORD_SHA256
-    rows, provenance = assets.read_recorded_results("graphs_generative")
+    rows, provenance = read_record("graphs_generative", RECORD_SHA256)
     assert provenance["date"] == "2026-12-06" and "exit 0" in provenance["commit"]
-
-    def table(name):
-        return rows[rows.table == name].pivot_table(index="row", columns="column", values="value")
-
-    graph, links, fusion, generative = table("graph"), table("links"), table("fusion"), table("generative")
+    graph, links, fusion, generative = (record_table(rows, t) for t in ("graph", "links", "fusion", "generative"))
     assert graph.loc["graph: entities", "value"] > 4000 and graph.loc["graph: edges", "value"] > 10_000
     assert graph.loc["karate: GCN accuracy", "value"] >= graph.loc["karate: MLP accuracy", "value"] + 0.3
     gcn = links.loc["GCN encoder (MiniLM name features)"]
