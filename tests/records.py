@@ -22,5 +22,8 @@ def read_record(name: str, sha256: str) -> tuple[pd.DataFrame, dict[str, str]]:
 
 
 def record_table(rows: pd.DataFrame, table: str) -> pd.DataFrame:
-    """One table of a record kept as (table, row, column, value) lines, as rows x columns."""
-    return rows[rows["table"] == table].pivot_table(index="row", columns="column", values="value")
+    """One table of a record kept as (table, row, column, value) lines, as rows x columns (each
+    cell recorded once: a repeated line would otherwise be averaged away)."""
+    part = rows[rows["table"] == table]
+    assert len(part) and not part.duplicated(["row", "column"]).any(), f"table {table!r}: missing, or a cell twice"
+    return part.pivot(index="row", columns="column", values="value")
