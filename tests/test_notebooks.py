@@ -104,7 +104,7 @@ def test_cells_left_out_of_the_lab_test_feed_nothing_it_runs(notebook):
     (a model trained further) is not tracked: leave in the cells whose state the explorer shows."""
     path, nb = notebook
     widget = next(i for i, c in enumerate(nb.cells) if "widget" in c.metadata.get("tags", []))
-    bound_by: dict[str, int] = {}  # name -> the cell that last bound it
+    left_out: set[str] = set()  # the names whose latest binding so far is in a left-out cell
     for i, cell in enumerate(nb.cells):
         tags = cell.metadata.get("tags", [])
         if LAB_SKIP in tags:
@@ -113,10 +113,12 @@ def test_cells_left_out_of_the_lab_test_feed_nothing_it_runs(notebook):
         if cell.cell_type != "code" or i > widget:
             continue
         binds, reads = _binds_and_reads(cell.source)
-        if LAB_SKIP not in tags:
-            missing = sorted(n for n in reads - binds if LAB_SKIP in nb.cells[bound_by.get(n, 0)].metadata.get("tags", []))
+        if LAB_SKIP in tags:
+            left_out |= binds
+        else:
+            missing = sorted((reads - binds) & left_out)
             assert not missing, f"{path.name} cell {i} reads {missing}, last bound in a cell tagged {LAB_SKIP}"
-        bound_by.update(dict.fromkeys(binds, i))
+            left_out -= binds
 
 
 def test_the_lab_test_check_catches_a_name_bound_in_a_left_out_cell():
