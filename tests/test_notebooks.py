@@ -184,6 +184,18 @@ def test_readme_links_every_notebook(notebook):
     assert f"(notebooks/{path.name})" in readme
 
 
+def test_full_runs_page_names_each_notebooks_latest_full_run(notebook):
+    """docs/results/full_runs.md says which recorded `full` run backs each notebook's checks: a row
+    per notebook, with the run's date and a link to its record (or says there is none)."""
+    path, _ = notebook
+    page = (ROOT / "docs" / "results" / "full_runs.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(): line for line in page.splitlines() if line.startswith("| ")}
+    row = rows.get(path.name[:2])
+    assert row, f"docs/results/full_runs.md has no row for {path.stem}: add its latest full-profile run"
+    assert re.search(r"\b20\d\d-\d\d-\d\d\b", row) and re.search(r"\]\([a-z0-9_]+\.md\)", row), (
+        f"the row for {path.stem} in docs/results/full_runs.md needs the run's date and a link to its record")
+
+
 @pytest.mark.parametrize("in_colab", [False, True])
 def test_colab_cell_installs_only_on_colab(monkeypatch, in_colab):
     import subprocess
