@@ -186,7 +186,7 @@ def test_readme_links_every_notebook(notebook):
 
 def test_full_runs_page_names_each_notebooks_latest_full_run(notebook):
     """docs/results/full_runs.md says which recorded `full` run backs each notebook's checks: a row
-    per notebook, with the run's date and a link to its record (or says there is none)."""
+    per notebook, with the run's date and a link to its record."""
     path, _ = notebook
     page = (ROOT / "docs" / "results" / "full_runs.md").read_text(encoding="utf-8")
     rows = {line.split("|")[1].strip(): line for line in page.splitlines() if line.startswith("| ")}
