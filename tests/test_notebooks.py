@@ -192,8 +192,10 @@ def test_full_runs_page_names_each_notebooks_latest_full_run(notebook):
     rows = {line.split("|")[1].strip(): line for line in page.splitlines() if line.startswith("| ")}
     row = rows.get(path.name[:2])
     assert row, f"docs/results/full_runs.md has no row for {path.stem}: add its latest full-profile run"
-    assert re.search(r"\b20\d\d-\d\d-\d\d\b", row) and re.search(r"\]\([a-z0-9_]+\.md\)", row), (
+    link = re.search(r"\]\(([a-z0-9_]+\.md)\)", row)
+    assert re.search(r"\b20\d\d-\d\d-\d\d\b", row) and link, (
         f"the row for {path.stem} in docs/results/full_runs.md needs the run's date and a link to its record")
+    assert (ROOT / "docs" / "results" / link.group(1)).is_file(), f"{link.group(1)} (the record of {path.stem}) is missing"
 
 
 @pytest.mark.parametrize("in_colab", [False, True])
