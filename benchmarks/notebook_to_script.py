@@ -14,10 +14,15 @@ writes a script that runs the same code cells in order, with these changes:
 
     python benchmarks/notebook_to_script.py notebooks/04_finetuning_classification.ipynb out.py
     LLM_TUTORIAL_PROFILE=full python out.py
+
+`--cells 3,5,25` keeps only those code cells (numbered as in the notebook, counting markdown
+cells too, as the `[cell N: s]` lines do): a run of one section with the cells it needs, when
+the whole notebook would take hours. Say which cells ran when you record such a run.
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
 import re
@@ -63,11 +68,18 @@ def _display_last_expression(source: str) -> str:
     return source
 
 
-def convert(notebook: Path) -> str:
+def convert(notebook: Path, cells: set[int] | None = None) -> str:
+    """The script's source; `cells`, when given, are the only code cells it runs."""
     nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
+    if cells is not None:
+        not_code = sorted(n for n in cells
+                          if n >= len(nb["cells"]) or nb["cells"][n]["cell_type"] != "code")
+        if not_code:
+            raise ValueError(f"cells {not_code} are not code cells of {notebook} "
+                             "(number cells from 0, markdown cells included)")
     parts = [PREAMBLE]
     for number, cell in enumerate(nb["cells"]):
-        if cell["cell_type"] != "code":
+        if cell["cell_type"] != "code" or (cells is not None and number not in cells):
             continue
         source = "".join(cell["source"])
         tags = cell.get("metadata", {}).get("tags", [])
@@ -92,7 +104,14 @@ def convert(notebook: Path) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: python benchmarks/notebook_to_script.py NOTEBOOK.ipynb OUT.py")
-    Path(sys.argv[2]).write_text(convert(Path(sys.argv[1])), encoding="utf-8")
-    print(f"wrote {sys.argv[2]}")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebook", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--cells", help="comma-separated cell numbers to keep (default: all)")
+    args = parser.parse_args()
+    keep = None if args.cells is None else {int(n) for n in args.cells.split(",")}
+    try:
+        args.out.write_text(convert(args.notebook, keep), encoding="utf-8")
+    except ValueError as error:
+        sys.exit(str(error))
+    print(f"wrote {args.out}")
