@@ -13,6 +13,7 @@ the hub, and only when asked for explicitly.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -231,7 +232,7 @@ def load_smollm2(name_or_path: str | os.PathLike | None = None):
     `(model, tokenizer)` in eval mode.
 
     The packaged weights are a 4-bit GGUF file; `transformers` de-quantises them to float32
-    (about 15 s and 540 MB). `name_or_path` loads another causal LM instead (a hub name or a
+    (about 8 s and 540 MB). `name_or_path` loads another causal LM instead (a hub name or a
     folder), e.g. `"HuggingFaceTB/SmolLM2-135M-Instruct"` where the hub can be reached.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -241,7 +242,7 @@ def load_smollm2(name_or_path: str | os.PathLike | None = None):
         source, extra = path.parent, {"gguf_file": path.name}
     else:
         source, extra = name_or_path, {}
-    with quiet_hf_loading(), _quiet_gguf_conversion():
+    with quiet_hf_loading(), _quiet_gguf_conversion(), _parse_gguf_once():
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
         model = AutoModelForCausalLM.from_pretrained(source, **extra)
     model.eval()
@@ -249,10 +250,40 @@ def load_smollm2(name_or_path: str | os.PathLike | None = None):
 
 
 @contextlib.contextmanager
+def _parse_gguf_once():
+    """Parse each GGUF file once while loading. transformers reads the file three times (for the
+    tokenizer, the config and the weights), and each read parses its 49,152-token vocabulary in
+    Python (about 4 s); it also rebuilds gguf's tensor-name table once per tensor (about 5 s in
+    all). Inside this block the parsed file and the name tables are reused; the bytes read are
+    the same (`tests/test_assets.py` compares the weights with a load without it)."""
+    try:
+        import gguf
+    except ImportError:  # transformers then raises its own error, naming the package to install
+        yield
+        return
+    reader_class, name_map = getattr(gguf, "GGUFReader", None), getattr(gguf, "get_tensor_name_map", None)
+    if reader_class is None or name_map is None:  # a gguf release laid out otherwise: load as it is
+        yield
+        return
+    readers: dict[tuple[str, str], Any] = {}
+
+    def parsed_once(path, mode="r"):
+        key = (os.fspath(path), mode)
+        if key not in readers:
+            readers[key] = reader_class(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = parsed_once, functools.cache(name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader_class, name_map
+
+
+@contextlib.contextmanager
 def _quiet_gguf_conversion():
     """Hide the progress bar of transformers' GGUF de-quantisation (a plain `tqdm` that its
     own progress-bar switch does not reach), restoring it afterwards."""
-    import functools
 
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 

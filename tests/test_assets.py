@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from llm_tutorial import assets
 from llm_tutorial.assets import AssetNotFoundError
@@ -359,6 +360,30 @@ def test_load_smollm2_chats_offline():
                                         return_dict=True)["input_ids"]
     out = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, ids.shape[1]:])
+
+
+def test_smollm2_parsed_once_loads_what_transformers_loads_alone():
+    """`load_smollm2` reuses one parse of the GGUF file across the tokenizer, config and weights
+    (about twice as fast); the model and tokenizer equal those of transformers' own three reads,
+    and gguf's functions are restored afterwards, also after an error."""
+    require("smollm2")
+    import gguf
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    model, tokenizer = assets.load_smollm2()
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)
+    path = assets.asset_path("smollm2")
+    with assets.quiet_hf_loading():
+        alone_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        alone = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    ours, theirs = model.state_dict(), alone.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert tokenizer.get_vocab() == alone_tokenizer.get_vocab() and tokenizer.chat_template == alone_tokenizer.chat_template
+    with pytest.raises(RuntimeError, match="inside"), assets._parse_gguf_once():
+        assert gguf.GGUFReader(path) is gguf.GGUFReader(path)  # one parse per file
+        raise RuntimeError("inside")
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)
 
 
 def test_smollm2_missing_file_says_how_to_reinstall(monkeypatch, tmp_path):
