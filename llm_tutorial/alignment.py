@@ -47,6 +47,7 @@ reward hacking) and attaches the advantages and the reference's log-probabilitie
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import numbers
 import re
@@ -111,12 +112,12 @@ def reference_policy(model: nn.Module) -> Iterator[nn.Module]:
 def usable_pairs(tokenizer, pairs: Sequence[Mapping[str, str]], max_length: int = 256
                  ) -> list[Mapping[str, str]]:
     """The pairs DPO can learn from: two different, non-empty answers, each fitting with its
-    prompt in `max_length` tokens (through the chat template), in their original order."""
+    prompt in `max_length` tokens as `preference_batch` encodes it (the chat template, the
+    answer's end-of-turn token included), in their original order."""
     def fits(pair: Mapping[str, str]) -> bool:
-        prompt = chat.render_chat(tokenizer, chat.Record(pair["instruction"], pair.get("input", ""), ""),
-                                  with_answer=False)
-        answers = (pair["chosen"], pair["rejected"])
-        return all(len(tokenizer(prompt + a, add_special_tokens=False)["input_ids"]) < max_length for a in answers)
+        records = [chat.Record(pair["instruction"], pair.get("input", ""), pair[key]) for key in ("chosen", "rejected")]
+        # encoded without a limit, so nothing is cut: the full length of each answer with its prompt
+        return all(len(e) <= max_length for e in chat.encode_sft(tokenizer, records, max_length=10**9))
 
     return [p for p in pairs if p["chosen"].strip() and p["rejected"].strip()
             and p["chosen"].strip() != p["rejected"].strip() and fits(p)]
@@ -276,15 +277,66 @@ def group_advantages(rewards: Any, group_size: int, eps: float = 1e-4) -> torch.
 
 def per_token_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                     completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
-    """The log-probability of each completion token given the prompt and the completion before
-    it, `(batch, completion length)` (prompts left-padded, completions right-padded)."""
-    input_ids = torch.cat([prompt_ids, completion_ids], 1)
+    """
+    The log-probability of each completion token given the prompt and the completion before it,
+    `(batch, completion length)` (prompts left-padded, completions right-padded).
+
+    GRPO puts a prompt's $G$ sampled answers in consecutive rows. When the rows come in blocks
+    of one prompt each, the prompt runs through the model **once per block** and its keys and
+    values are shared by the block's answers (a prefix cache; the gradient flows back through
+    it): a group costs one prompt and $G$ short answers instead of $G$ whole sequences. The
+    numbers are those of one row at a time, to float rounding (`tests/test_alignment.py`).
+    """
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
     attention_mask = torch.cat([prompt_mask, completion_mask], 1)
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                 use_cache=False).last_hidden_state
-    # the positions that predict the completion; the output layer runs on those only
-    logits = model.get_output_embeddings()(hidden[:, prompt_ids.shape[1] - 1:-1]).float()
+    group = _prompt_block(prompt_ids, prompt_mask)
+    if group == 1:
+        hidden = decoder(input_ids=torch.cat([prompt_ids, completion_ids], 1), attention_mask=attention_mask,
+                         use_cache=False).last_hidden_state[:, prompt_ids.shape[1] - 1:-1]
+    else:
+        prefix = decoder(input_ids=prompt_ids[::group], attention_mask=prompt_mask[::group], use_cache=True)
+        cache = _kv_cache(prefix)
+        cache.batch_repeat_interleave(group)  # each prompt's keys and values, once per answer
+        answers = decoder(input_ids=completion_ids, attention_mask=attention_mask, use_cache=True,
+                          **{_cache_argument(decoder): cache}).last_hidden_state
+        # the prompt's last position predicts the first answer token, each answer token the next
+        hidden = torch.cat([prefix.last_hidden_state[:, -1:].repeat_interleave(group, 0), answers[:, :-1]], 1)
+    # the output layer runs on the positions that predict the completion only
+    logits = head(hidden).float()
     return logits.log_softmax(-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+
+
+def _prompt_block(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> int:
+    """$G$ when the rows come in blocks of $G > 1$ identical prompts (GRPO's groups), else 1."""
+    rows = torch.cat([prompt_ids, prompt_mask], 1)
+    differs = (rows[1:] != rows[:-1]).any(1)
+    block = int(differs.nonzero()[0]) + 1 if differs.any() else len(rows)
+    if block > 1 and len(rows) % block == 0 and bool((rows.view(-1, block, rows.shape[1]) == rows[::block, None]).all()):
+        return block
+    return 1
+
+
+def _kv_cache(output: Mapping[str, Any]) -> Any:
+    """The key-value cache a decoder returned with `use_cache=True` (`cache`, or
+    `past_key_values` in earlier transformers 5 releases)."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
+
+
+def _prompt_cache(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group: int) -> Any:
+    """The keys and values of left-padded prompts, computed once per prompt and repeated for the
+    `group` rows that continue it: a prefix cache for `generate`. The positions skip the padding,
+    as `generate` numbers them, so the rows sample what they would from the whole prompt."""
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    cache = _kv_cache(model.get_decoder()(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
+                                          use_cache=True))
+    cache.batch_repeat_interleave(group)
+    return cache
+
+
+def _cache_argument(decoder: nn.Module) -> str:
+    """The name of the decoder's key-value-cache argument: `cache` in newer transformers 5
+    releases, `past_key_values` before (still accepted, with a deprecation warning)."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None,
@@ -331,28 +383,45 @@ class Rollouts:
     `prompts_per_batch` records it samples `group_size` answers per prompt (temperature
     `temperature`, at most `max_new_tokens` tokens, up to the first end-of-turn), scores each with
     `reward_fn(answer, record)`, turns the rewards into group-relative advantages, and computes the
-    reference's per-token log-probabilities (LoRA off). Every batch appends a row to `log` (mean
-    reward, the share of groups whose answers all scored the same and so teach nothing, mean
-    answer length); `samples` keeps the last batch's answers and rewards.
+    reference's per-token log-probabilities (LoRA off). Every sampled batch appends a row to `log`
+    (mean reward, the share of groups whose answers all scored the same and so teach nothing,
+    mean answer length); `samples` keeps the last batch's answers and rewards.
+
+    Each prompt runs through the model once per batch: its keys and values are computed once and
+    shared by its group's answers (a prefix cache), both in `generate` and in `per_token_logps`,
+    with the same samples and numbers as $G$ copies of the prompt.
+
+    With `micro_batches` > 1 each sampled batch is yielded in that many pieces (whole groups
+    each), for a trainer that accumulates gradients over them (`grad_accum_steps`): the policy
+    does not change within an optimizer step, so sampling the step's prompts together is the
+    same on-policy sampling, and one `generate` call for all of them is cheaper than several.
     """
 
     def __init__(self, model: nn.Module, tokenizer, records: Sequence[chat.Record], reward_fn: RewardFn,
                  group_size: int = 4, prompts_per_batch: int = 4, max_new_tokens: int = 8,
-                 temperature: float = 1.0, seed: int = 0) -> None:
+                 temperature: float = 1.0, seed: int = 0, micro_batches: int = 1) -> None:
         if group_size < 2:
             raise ValueError(f"group_size must be >= 2 (advantages compare answers to the same prompt), "
                              f"got {group_size}")
         if not records:
             raise ValueError("records is empty: pass the prompts to sample answers for")
+        if micro_batches < 1 or prompts_per_batch % micro_batches:
+            raise ValueError(f"micro_batches ({micro_batches}) must divide prompts_per_batch ({prompts_per_batch}): "
+                             f"each piece holds whole groups, the same number of prompts each")
         self.model, self.tokenizer, self.records = model, tokenizer, chat.as_records(records)
         self.reward_fn, self.group_size, self.prompts_per_batch = reward_fn, group_size, prompts_per_batch
         self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
+        self.micro_batches = micro_batches
         self.log: list[dict[str, float]] = []
         self.samples = pd.DataFrame()
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for start in range(0, len(self.records), self.prompts_per_batch):
-            yield self.sample(self.records[start:start + self.prompts_per_batch])
+            batch = self.sample(self.records[start:start + self.prompts_per_batch])
+            prompts = len(batch["advantages"]) // self.group_size
+            size = max(1, prompts // self.micro_batches) * self.group_size  # a short last chunk: fewer pieces
+            for first in range(0, len(batch["advantages"]), size):
+                yield _without_padding({k: v[first:first + size] for k, v in batch.items()})
 
     def rewards(self, answers: Sequence[str], records: Sequence[chat.Record]) -> list[float]:
         """`reward_fn` of each answer, checked to be a finite number."""
@@ -372,16 +441,21 @@ class Rollouts:
         device = model_device(model)
         side, tok.padding_side = tok.padding_side, "left"
         try:
-            prompts = [chat.render_chat(tok, r, with_answer=False) for r in records for _ in range(self.group_size)]
-            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            enc = tok([chat.render_chat(tok, r, with_answer=False) for r in records], return_tensors="pt",
+                      padding=True, add_special_tokens=False).to(device)
         finally:
             tok.padding_side = side
-        torch.manual_seed(self.seed * 1_000_003 + len(self.log))  # reproducible, whatever ran before
+        # each prompt once, its keys and values shared by its group's rows (all but the last
+        # prompt token, which generate runs itself to start the answer)
+        prompt_ids, prompt_mask = (enc[k].repeat_interleave(self.group_size, 0) for k in ("input_ids", "attention_mask"))
         with eval_mode(model):
-            out = model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=True,
-                                 temperature=self.temperature, top_k=0, top_p=1.0,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            completion = out[:, enc["input_ids"].shape[1]:]
+            cache = _prompt_cache(model, enc["input_ids"][:, :-1], enc["attention_mask"][:, :-1], self.group_size)
+            torch.manual_seed(self.seed * 1_000_003 + len(self.log))  # reproducible, whatever ran before
+            out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=self.max_new_tokens,
+                                 do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                                 **{_cache_argument(model.get_decoder()): cache})
+            completion = out[:, prompt_ids.shape[1]:]
             ended = (completion == tok.eos_token_id).long().cumsum(1)
             # every token up to and including the first end-of-turn
             mask = ((ended == 0) | ((ended == 1) & (completion == tok.eos_token_id))).long()
@@ -390,7 +464,7 @@ class Rollouts:
             group_records = [r for r in records for _ in range(self.group_size)]
             rewards = self.rewards(answers, group_records)
             with reference_policy(model):
-                ref = per_token_logps(model, enc["input_ids"], enc["attention_mask"], completion, mask)
+                ref = per_token_logps(model, prompt_ids, prompt_mask, completion, mask)
         advantages = group_advantages(rewards, self.group_size)
         grouped = torch.tensor(rewards).view(-1, self.group_size)
         self.log.append({"batch": len(self.log) + 1, "mean_reward": float(grouped.mean()),
@@ -398,9 +472,19 @@ class Rollouts:
                          "answer_tokens": float(mask.sum(1).float().mean())})
         self.samples = pd.DataFrame({"prompt": [r.instruction for r in group_records], "answer": answers,
                                      "reward": rewards, "advantage": advantages.tolist()})
-        return {"prompt_ids": enc["input_ids"], "prompt_mask": enc["attention_mask"],
+        return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask,
                 "completion_ids": completion, "completion_mask": mask, "advantages": advantages.to(device),
                 "ref_logps": ref}
+
+
+def _without_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A piece of a sampled batch without the columns that are padding in every one of its rows
+    (prompts are left-padded, completions right-padded, to the longest in the whole batch)."""
+    first = int((batch["prompt_mask"].sum(0) > 0).nonzero()[0])
+    end = int((batch["completion_mask"].sum(0) > 0).nonzero()[-1]) + 1
+    return {**batch, "prompt_ids": batch["prompt_ids"][:, first:], "prompt_mask": batch["prompt_mask"][:, first:],
+            "completion_ids": batch["completion_ids"][:, :end], "completion_mask": batch["completion_mask"][:, :end],
+            "ref_logps": batch["ref_logps"][:, :end]}
 
 
 class GRPOObjective(nn.Module):

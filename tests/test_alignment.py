@@ -7,6 +7,7 @@ import copy
 import hashlib
 import math
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -260,6 +261,108 @@ def test_rollouts_sample_groups_score_them_and_mask_after_the_end(tok):
     assert torch.equal(next(iter(again))["completion_ids"], ids)  # seeded
 
 
+def grouped_batch(tok):
+    """Two prompts of different lengths, left-padded, three answers each (consecutive rows), with
+    right-padded answers of different lengths: the layout `Rollouts` samples."""
+    prompts = [tok("<|im_start|>user\nsay hi", add_special_tokens=False)["input_ids"],
+               tok("<|im_start|>user\nname a colour red or blue", add_special_tokens=False)["input_ids"]]
+    width = max(map(len, prompts))
+    prompt_ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts for _ in range(3)])
+    prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts for _ in range(3)])
+    g = torch.Generator().manual_seed(0)
+    completion_ids = torch.randint(4, len(tok), (6, 5), generator=g)
+    completion_mask = torch.tensor([[1] * n + [0] * (5 - n) for n in (5, 2, 4, 1, 5, 3)])
+    return prompt_ids, prompt_mask, completion_ids, completion_mask
+
+
+def test_per_token_logps_run_each_groups_prompt_once_and_equal_one_row_at_a_time(tok):
+    model = lora_llama(tok)
+    nudge_lora(model)
+    prompt_ids, prompt_mask, completion_ids, completion_mask = grouped_batch(tok)
+    seen = []
+    hook = model.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        grouped = al.per_token_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask)
+    finally:
+        hook.remove()
+    assert seen == [(2, prompt_ids.shape[1]), (6, 5)]  # each prompt once, then the six answers
+    real = completion_mask.bool()
+    for row in range(6):  # one row at a time, its prompt without padding
+        alone = al.per_token_logps(model, prompt_ids[row:row + 1, prompt_mask[row].bool()], prompt_mask[row:row + 1, prompt_mask[row].bool()],
+                                   completion_ids[row:row + 1], completion_mask[row:row + 1])
+        assert torch.allclose(grouped[row][real[row]], alone[0][real[row]], atol=1e-5)
+    # the gradient through the shared prompt equals the one through six whole sequences (rows
+    # interleaved, so that no block of rows shares a prompt and each row runs whole)
+    params = [p for p in model.parameters() if p.requires_grad]
+    order = [0, 3, 1, 4, 2, 5]
+    whole = al.per_token_logps(model, prompt_ids[order], prompt_mask[order], completion_ids[order], completion_mask[order])
+    shared_grads = torch.autograd.grad((grouped * completion_mask).sum(), params)
+    whole_grads = torch.autograd.grad((whole * completion_mask[order]).sum(), params)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(shared_grads, whole_grads, strict=True))
+    assert sum(float(g.abs().sum()) for g in shared_grads) > 0
+
+
+def test_rollouts_micro_batches_yield_whole_groups_from_one_sampled_batch(tok):
+    model = lora_llama(tok)
+    nudge_lora(model, scale=0.1)
+    records = [chat.Record("say hi", "", "hello"), chat.Record("name a colour red or blue", "", "red")] * 2
+    rollouts = al.Rollouts(model, tok, records, hello_reward, group_size=3, prompts_per_batch=4, max_new_tokens=5,
+                           micro_batches=4)
+    pieces = list(rollouts)
+    assert len(pieces) == 4 and len(rollouts.log) == 1  # one sampled batch, one log row, four pieces
+    assert torch.equal(torch.cat([p["advantages"] for p in pieces]), torch.tensor(rollouts.samples["advantage"].tolist()))
+    for piece in pieces:
+        assert len(piece["advantages"]) == 3 and (piece["prompt_ids"] == piece["prompt_ids"][:1]).all()
+        assert piece["prompt_mask"][:, 0].any() and piece["completion_mask"][:, -1].any()  # no column all padding
+        with torch.no_grad(), al.reference_policy(model):
+            ref = al.per_token_logps(model, piece["prompt_ids"], piece["prompt_mask"], piece["completion_ids"],
+                                     piece["completion_mask"])
+        real = piece["completion_mask"].bool()
+        assert torch.allclose(piece["ref_logps"][real], ref[real], atol=1e-5)  # sliced with its rows
+    together = al.Rollouts(model, tok, records, hello_reward, group_size=3, prompts_per_batch=4, max_new_tokens=5)
+    assert torch.equal(next(iter(together))["advantages"], torch.cat([p["advantages"] for p in pieces]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rollouts_share_each_prompt_and_sample_what_generate_samples_from_copies(tok, seed):
+    """The prefix cache changes nothing but the cost: the same answers as `generate` on the
+    prompts repeated `group_size` times (left-padded), with the same random seed."""
+    model = lora_llama(tok)
+    nudge_lora(model, scale=0.1)
+    records = [chat.Record("say hi", "", "hello"), chat.Record("name a colour red or blue", "", "red")]
+    rollouts = al.Rollouts(model, tok, records, hello_reward, group_size=3, prompts_per_batch=2, max_new_tokens=5,
+                           seed=seed)
+    batch = next(iter(rollouts))
+    side, tok.padding_side = tok.padding_side, "left"
+    try:
+        enc = tok([chat.render_chat(tok, r, with_answer=False) for r in records for _ in range(3)], return_tensors="pt",
+                  padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = side
+    assert torch.equal(batch["prompt_ids"], enc["input_ids"]) and torch.equal(batch["prompt_mask"], enc["attention_mask"])
+    torch.manual_seed(seed * 1_000_003)  # the seed Rollouts uses for its first batch
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=5, do_sample=True, top_k=0, top_p=1.0,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    assert torch.equal(batch["completion_ids"], out[:, enc["input_ids"].shape[1]:])
+
+
+def test_the_prompt_cache_continues_left_padded_prompts_as_the_whole_prompts_would(tok):
+    model = lora_llama(tok)
+    nudge_lora(model)
+    prompt_ids, prompt_mask, _, _ = grouped_batch(tok)
+    ids, mask = prompt_ids[::3], prompt_mask[::3]  # two prompts, the first left-padded
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate numbers them
+    with torch.no_grad():
+        whole = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+        cache = al._prompt_cache(model, ids[:, :-1], mask[:, :-1], group=3)
+        rows = torch.arange(2).repeat_interleave(3)
+        last = model(input_ids=ids[rows, -1:], attention_mask=mask[rows], position_ids=positions[rows, -1:],
+                     **{al._cache_argument(model.get_decoder()): cache}).logits[:, -1]
+    assert torch.allclose(last, whole[rows], atol=1e-5)
+
+
 def test_grpo_through_the_course_trainer_raises_the_reward(tok):
     # the random model's output layer is tiny (std 0.02), so q/v LoRA barely moves its outputs: adapt it too
     model = tiny_llama(tok, seed=3)
@@ -284,6 +387,8 @@ BAD_CALLS = [
     (lambda tok: al.group_advantages([1.0, float("nan")], group_size=2), ValueError, "return a number"),
     (lambda tok: al.Rollouts(tiny_llama(tok), tok, [chat.Record("say hi", "", "hello")], hello_reward, group_size=1),
      ValueError, "group_size must be >= 2"),
+    (lambda tok: al.Rollouts(tiny_llama(tok), tok, [chat.Record("say hi", "", "hello")], hello_reward,
+                             prompts_per_batch=4, micro_batches=3), ValueError, "must divide prompts_per_batch"),
     (lambda tok: next(iter(al.Rollouts(lora_llama(tok), tok, [chat.Record("say hi", "", "hello")],
                                        lambda answer, record: "yes", group_size=2))), TypeError, "finite number"),
     (lambda tok: al.DPOObjective(tiny_llama(tok))(**al.preference_batch(tok, PAIRS)), ValueError,
@@ -345,3 +450,26 @@ def test_usable_pairs_drop_what_dpo_cannot_learn_from(tok):
                      {"instruction": "say hi", "chosen": long_answer, "rejected": "chien"}]  # too long for 24 tokens
     assert al.usable_pairs(tok, pairs, max_length=24) == PAIRS
     al.preference_batch(tok, al.usable_pairs(tok, pairs, max_length=24), max_length=24)  # every kept pair encodes
+
+
+def test_usable_pairs_keep_exactly_the_pairs_that_encode_whole():
+    """At every `max_length`, a kept pair encodes without a cut and a dropped pair is one that would
+    not fit: the boundary is exact. The tokenizer makes "\\n" a token, so a turn ends with two
+    tokens after the answer, `<|im_end|>` and a newline, as SmolLM2's does (a check that counts the
+    answer's text alone keeps pairs one token too long)."""
+    tok = word_chat_tokenizer(SFT_WORDS)
+    tok.add_tokens(["\n"], special_tokens=True)
+    assert chat.encode_sft(tok, [chat.Record("say hi", "", "hello")])[0].input_ids[-2:] == tuple(
+        tok.convert_tokens_to_ids(["<|im_end|>", "\n"]))
+    pairs = PAIRS + [{"instruction": "say hi", "input": "cat chat", "chosen": " ".join(["hello"] * 6), "rejected": "chien"}]
+    for max_length in range(8, 40):
+        kept = al.usable_pairs(tok, pairs, max_length=max_length)
+        for pair in pairs:
+            records = [chat.Record(pair["instruction"], pair.get("input", ""), pair[k]) for k in ("chosen", "rejected")]
+            longest = max(len(e) for e in chat.encode_sft(tok, records, max_length=10**9))
+            assert (pair in kept) == (longest <= max_length), (max_length, pair, longest)
+        if kept:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # encode_sft warns when it cuts an input
+                batch = al.preference_batch(tok, kept, max_length=max_length)
+            assert batch["input_ids"].shape[1] <= max_length
