@@ -284,7 +284,6 @@ def _parse_gguf_once():
 def _quiet_gguf_conversion():
     """Hide the progress bar of transformers' GGUF de-quantisation (a plain `tqdm` that its
     own progress-bar switch does not reach), restoring it afterwards."""
-
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
     original = getattr(gguf_utils, "tqdm", None)
