@@ -47,7 +47,6 @@ reward hacking) and attaches the advantages and the reference's log-probabilitie
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import numbers
 import re
@@ -295,10 +294,10 @@ def per_token_logps(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                          use_cache=False).last_hidden_state[:, prompt_ids.shape[1] - 1:-1]
     else:
         prefix = decoder(input_ids=prompt_ids[::group], attention_mask=prompt_mask[::group], use_cache=True)
-        cache = _kv_cache(prefix)
+        cache = chat.kv_cache_of(prefix)
         cache.batch_repeat_interleave(group)  # each prompt's keys and values, once per answer
         answers = decoder(input_ids=completion_ids, attention_mask=attention_mask, use_cache=True,
-                          **{_cache_argument(decoder): cache}).last_hidden_state
+                          **{chat.kv_cache_argument(decoder): cache}).last_hidden_state
         # the prompt's last position predicts the first answer token, each answer token the next
         hidden = torch.cat([prefix.last_hidden_state[:, -1:].repeat_interleave(group, 0), answers[:, :-1]], 1)
     # the output layer runs on the positions that predict the completion only
@@ -316,27 +315,15 @@ def _prompt_block(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> int:
     return 1
 
 
-def _kv_cache(output: Mapping[str, Any]) -> Any:
-    """The key-value cache a decoder returned with `use_cache=True` (`cache`, or
-    `past_key_values` in earlier transformers 5 releases)."""
-    return output["cache"] if "cache" in output else output["past_key_values"]
-
-
 def _prompt_cache(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, group: int) -> Any:
     """The keys and values of left-padded prompts, computed once per prompt and repeated for the
     `group` rows that continue it: a prefix cache for `generate`. The positions skip the padding,
     as `generate` numbers them, so the rows sample what they would from the whole prompt."""
     positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
-    cache = _kv_cache(model.get_decoder()(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
-                                          use_cache=True))
+    cache = chat.kv_cache_of(model.get_decoder()(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                                 position_ids=positions, use_cache=True))
     cache.batch_repeat_interleave(group)
     return cache
-
-
-def _cache_argument(decoder: nn.Module) -> str:
-    """The name of the decoder's key-value-cache argument: `cache` in newer transformers 5
-    releases, `past_key_values` before (still accepted, with a deprecation warning)."""
-    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Tensor | None,
@@ -454,7 +441,7 @@ class Rollouts:
             out = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=self.max_new_tokens,
                                  do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0,
                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                                 **{_cache_argument(model.get_decoder()): cache})
+                                 **{chat.kv_cache_argument(model.get_decoder()): cache})
             completion = out[:, prompt_ids.shape[1]:]
             ended = (completion == tok.eos_token_id).long().cumsum(1)
             # every token up to and including the first end-of-turn

@@ -22,6 +22,7 @@ Notebook 07 writes the prompt-masking rule by hand (checked equal to `encode_sft
 
 from __future__ import annotations
 
+import inspect
 import random
 import warnings
 from collections.abc import Mapping, Sequence
@@ -52,6 +53,8 @@ __all__ = [
     "answer_token_nll",
     "answer_nll",
     "answer",
+    "kv_cache_argument",
+    "kv_cache_of",
 ]
 
 
@@ -441,3 +444,17 @@ def answer(model, tokenizer, records: Sequence[Record | Mapping[str, Any]], max_
         tokenizer.padding_side = side
     return [answers[i] for i in range(len(records))]
 
+
+# ------------------------------------------------------------------------------ the key-value cache
+
+
+def kv_cache_argument(model: nn.Module) -> str:
+    """The name under which `model`'s forward pass (and its `generate`) takes a key-value cache:
+    transformers 5 renames `past_key_values` to `cache` (5.2x and later)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def kv_cache_of(output: Any) -> Any:
+    """The key-value cache a forward pass returned with `use_cache=True`, under either name."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values

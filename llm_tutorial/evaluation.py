@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, cohen_kappa_score
 from torch import nn
 
-from llm_tutorial import runtime
+from llm_tutorial import chat, runtime
 
 __all__ = [
     "SentenceTopics",
@@ -765,8 +765,7 @@ def choice_log_odds(model: nn.Module, tokenizer, prompts: Sequence[str],
     parameters = inspect.signature(model.forward).parameters
     # only the last position's logits are needed: skip the vocabulary projection elsewhere
     keep = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
-    # transformers 5 renames the KV cache argument `past_key_values` to `cache` (5.2x and later)
-    cache_kw = "cache" if "cache" in parameters else "past_key_values"
+    cache_kw = chat.kv_cache_argument(model)
     order = np.argsort([len(row) for row in ids], kind="stable")  # similar lengths: little padding
     out = np.empty(len(ids))
     with eval_mode(model):
@@ -774,8 +773,7 @@ def choice_log_odds(model: nn.Module, tokenizer, prompts: Sequence[str],
         if shared:
             prefix = torch.tensor([ids[0][:shared]], device=device)
             output = model(input_ids=prefix, use_cache=True, **keep)
-            prefix_cache = getattr(output, "cache", None)
-            prefix_cache = prefix_cache if prefix_cache is not None else output.past_key_values
+            prefix_cache = chat.kv_cache_of(output)
         for start in runtime.batch_progress(range(0, len(ids), batch_size), desc="judge"):
             rows = order[start:start + batch_size]
             batch = _after_prefix([ids[i][shared:] for i in rows], shared, pad, device)

@@ -62,6 +62,8 @@ from llm_tutorial.chat import (
     answer_token_nll,
     as_records,
     encode_sft,
+    kv_cache_argument,
+    kv_cache_of,
     records_from_dicts,
     sft_batches,
 )
@@ -762,8 +764,6 @@ def answers_and_nll(model, tokenizer, records: Sequence[Record | Mapping[str, An
     between two near-equal tokens. Sampled answers follow the same distribution as
     `answer(do_sample=True, temperature=...)`, not the same draws.
     """
-    import inspect
-
     from llm_tutorial.trainer import eval_mode, model_device
 
     records = as_records(records)
@@ -778,13 +778,7 @@ def answers_and_nll(model, tokenizer, records: Sequence[Record | Mapping[str, An
     eos_id = tokenizer.eos_token_id
     device = model_device(model)
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    # transformers 5 renames the KV cache argument `past_key_values` to `cache` (5.2x and later)
-    cache_kw = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-
-    def cache_of(output):
-        cache = getattr(output, "cache", None)
-        return cache if cache is not None else output.past_key_values
-
+    cache_kw = kv_cache_argument(decoder)
     generator = torch.Generator(device=device).manual_seed(seed)
 
     def pick(logits: torch.Tensor) -> torch.Tensor:
@@ -814,12 +808,12 @@ def answers_and_nll(model, tokenizer, records: Sequence[Record | Mapping[str, An
             cache = None
             if shared:
                 prefix = torch.tensor([first[:shared]], device=device)
-                cache = cache_of(decoder(input_ids=prefix, use_cache=True))
+                cache = kv_cache_of(decoder(input_ids=prefix, use_cache=True))
                 cache.batch_repeat_interleave(rows)
             positions = (shared + torch.arange(width, device=device)).expand(rows, width)
             out = decoder(input_ids=ids, attention_mask=mask, position_ids=positions,
                           use_cache=True, **{cache_kw: cache})
-            hidden, cache = out.last_hidden_state, cache_of(out)
+            hidden, cache = out.last_hidden_state, kv_cache_of(out)
             per_row, counts = answer_token_nll(head, hidden, labels)  # on the suffix after the shared prefix
             for r, i in enumerate(chunk):
                 nlls[i] = (float(per_row[r]) / max(int(counts[r]), 1), int(counts[r]))
@@ -842,7 +836,7 @@ def answers_and_nll(model, tokenizer, records: Sequence[Record | Mapping[str, An
                 out = decoder(input_ids=token[:, None], attention_mask=mask,
                               position_ids=(lens + step)[:, None], use_cache=True,
                               **{cache_kw: cache})
-                cache = cache_of(out)
+                cache = kv_cache_of(out)
                 token = pick(head(out.last_hidden_state[:, -1]))
             for r, i in enumerate(chunk):
                 answers[i] = tokenizer.decode(generated[r], skip_special_tokens=True).strip()

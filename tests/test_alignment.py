@@ -359,7 +359,7 @@ def test_the_prompt_cache_continues_left_padded_prompts_as_the_whole_prompts_wou
         cache = al._prompt_cache(model, ids[:, :-1], mask[:, :-1], group=3)
         rows = torch.arange(2).repeat_interleave(3)
         last = model(input_ids=ids[rows, -1:], attention_mask=mask[rows], position_ids=positions[rows, -1:],
-                     **{al._cache_argument(model.get_decoder()): cache}).logits[:, -1]
+                     **{chat.kv_cache_argument(model): cache}).logits[:, -1]
     assert torch.allclose(last, whole[rows], atol=1e-5)
 
 

@@ -249,3 +249,21 @@ BAD_CALLS = [  # (call, error, message): each mistake is named, with its fix
 def test_mistakes_are_named_with_their_fix(tok, call, error, match):
     with pytest.raises(error, match=match):
         call(tok)
+
+
+def test_kv_cache_helpers_read_either_name_transformers_5_uses():
+    """transformers 5 renames the cache argument and output `past_key_values` to `cache`."""
+    from types import SimpleNamespace
+
+    class Older(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None):
+            return input_ids
+
+    class Newer(torch.nn.Module):
+        def forward(self, input_ids, cache=None):
+            return input_ids
+
+    assert (chat.kv_cache_argument(Older()), chat.kv_cache_argument(Newer())) == ("past_key_values", "cache")
+    old, new = object(), object()
+    assert chat.kv_cache_of(SimpleNamespace(past_key_values=old)) is old
+    assert chat.kv_cache_of(SimpleNamespace(cache=new, past_key_values=None)) is new
