@@ -11,6 +11,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
+# the tag of the cells the JupyterLab test leaves out (nbval runs them all)
+from test_browser import LAB_SKIP
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 REPO = "llm-tutorial/llm-tutorial"
@@ -76,9 +79,6 @@ def test_one_explorer_cell_tagged_widget(notebook):
     )
 
 
-# tests/test_browser.py runs each notebook in JupyterLab up to its explorer, leaving out the cells
-# tagged lab-test-skip (timings, evaluations, plots, side experiments): nbval runs them all.
-LAB_SKIP = "lab-test-skip"
 
 
 def _binds_and_reads(source: str) -> tuple[set[str], set[str]]:
