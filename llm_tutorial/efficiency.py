@@ -49,7 +49,8 @@ arithmetic; `llm_tutorial/scripts/train_ddp.py` is the launchable script.
   other layer of the teacher (as DistilBERT), learns the teacher's softened output
   distribution (`distillation_loss`, `Distiller`).
 
-`latency` times anything callable (median and 95th percentile after warm-up); `generation_speed`
+`latency` times anything callable (median and 95th percentile after warm-up), `compare_latency`
+several callables interleaved (both from `runtime`); `generation_speed`
 measures a decoder's tokens per second by batch size, with the KV cache on and off.
 """
 
@@ -69,13 +70,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from llm_tutorial.runtime import compare_latency, latency
 from llm_tutorial.trainer import TrainConfig, Trainer, compute_loss
 from llm_tutorial.transformer import Transformer
 
@@ -351,49 +352,7 @@ def launch(script_args: Sequence[str], nproc: int, timeout: float = 300) -> subp
 # ------------------------------------------------------------------------------ latency and size
 
 
-def latency(fn: Callable[[], Any], runs: int = 100, warmup: int = 10) -> dict[str, float]:
-    """
-    Time `runs` calls of `fn()` after `warmup` untimed ones: the `median_ms`, the `p95_ms`
-    (95th percentile: the latency that 1 call in 20 exceeds), `mean_ms`, and every call's
-    time in `times_ms`.
-    """
-    if runs < 1:
-        raise ValueError(f"latency needs at least one timed run, got runs={runs} (100 or more "
-                         f"give a stable 95th percentile)")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return _latency_summary([1000 * t for t in times])
-
-
-def _latency_summary(ms: list[float]) -> dict[str, Any]:
-    values = np.array(ms)
-    return {"median_ms": float(np.median(values)), "p95_ms": float(np.percentile(values, 95)),
-            "mean_ms": float(values.mean()), "runs": len(ms), "times_ms": list(ms)}
-
-
-def compare_latency(calls: Mapping[str, Callable[[], Any]], runs: int = 100, warmup: int = 5,
-                    rounds: int = 10) -> dict[str, dict[str, Any]]:
-    """
-    `latency` of several callables, interleaved: after `warmup` calls of each, `rounds` rounds in
-    which each callable makes `runs / rounds` timed calls in turn. A machine that speeds up or
-    slows down during the measurement (another process, the clock, the caches) then shifts every
-    callable alike, instead of whichever happened to be timed at that moment.
-    """
-    if runs < 1 or rounds < 1 or runs % rounds:
-        raise ValueError(f"need runs >= 1 split evenly into rounds >= 1, got runs={runs}, rounds={rounds}")
-    for fn in calls.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, fn in calls.items():
-            times[name] += latency(fn, runs=runs // rounds, warmup=0)["times_ms"]
-    return {name: _latency_summary(ms) for name, ms in times.items()}
+# `latency` and `compare_latency` live in `runtime` (06 times its adapters with them too).
 
 
 def file_size_mb(model_or_path: nn.Module | str | os.PathLike) -> float:

@@ -28,6 +28,7 @@ size, and saves or loads only the trained weights of an adapter as safetensors.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import math
@@ -47,7 +48,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from llm_tutorial import finetuning as ft
-from llm_tutorial import pretraining
+from llm_tutorial import pretraining, runtime
 from llm_tutorial.trainer import (
     TrainConfig,
     Trainer,
@@ -79,7 +80,7 @@ __all__ = [
     "load_adapter",
     "peft_wrap",
     "copy_lora_into_peft",
-    "forward_latency",
+    "forward_latencies",
     "Method",
     "standard_methods",
     "compare_methods",
@@ -503,23 +504,26 @@ def copy_lora_into_peft(ours: nn.Module, peft_model: nn.Module, adapter_name: st
 
 
 @torch.no_grad()
-def forward_latency(model: nn.Module, inputs: Mapping[str, torch.Tensor], repeats: int = 20,
-                    warmup: int = 3) -> float:
-    """Median seconds of one forward pass of `model` on `inputs` (eval mode, no gradients)."""
-    device = model_device(model)
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-    times = []
-    with eval_mode(model):
-        for i in range(warmup + repeats):
+def forward_latencies(models: Mapping[str, nn.Module], inputs: Mapping[str, torch.Tensor],
+                      repeats: int = 20, warmup: int = 3) -> dict[str, float]:
+    """Median seconds of one forward pass of each of `models` on `inputs` (eval mode, no
+    gradients), timed interleaved with `runtime.compare_latency`: one pass of each model in
+    turn, `repeats` rounds, so that a machine that slows down meanwhile slows them all alike."""
+    calls = {}
+    for name, model in models.items():
+        device = model_device(model)
+        batch = {k: v.to(device) for k, v in inputs.items()}
+
+        def call(model=model, batch=batch, device=device):
+            model(**batch)
             if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            model(**inputs)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return float(sorted(times)[len(times) // 2])
+                torch.cuda.synchronize(device)  # a CUDA call returns before the GPU is done
+        calls[name] = call
+    with contextlib.ExitStack() as stack:
+        for model in models.values():
+            stack.enter_context(eval_mode(model))
+        timed = runtime.compare_latency(calls, runs=repeats, warmup=warmup, rounds=repeats)
+    return {name: t["median_ms"] / 1000 for name, t in timed.items()}
 
 
 # ------------------------------------------------------------------------------ the comparison

@@ -13,7 +13,9 @@ Every notebook starts by asking three questions:
    to deterministic algorithms, so that two runs print the same numbers.
 
 Long loops (training, batched inference) report their progress with `progress`: a widget
-in JupyterLab, a text bar in a terminal and in `make run`'s papermill logs.
+in JupyterLab, a text bar in a terminal and in `make run`'s papermill logs. Timings that are
+compared with each other come from `compare_latency`, which interleaves the candidates so that
+a machine that speeds up or slows down meanwhile shifts them all alike.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import os
 import platform
 import random
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +222,51 @@ def _auto_tqdm():
         from tqdm.autonotebook import tqdm
 
     return tqdm
+
+
+# ------------------------------------------------------------------------------ timing
+
+
+def latency(fn: Callable[[], Any], runs: int = 100, warmup: int = 10) -> dict[str, Any]:
+    """
+    Time `runs` calls of `fn()` after `warmup` untimed ones: the `median_ms`, the `p95_ms`
+    (95th percentile: the latency that 1 call in 20 exceeds), `mean_ms`, and every call's
+    time in `times_ms`.
+    """
+    if runs < 1:
+        raise ValueError(f"latency needs at least one timed run, got runs={runs} (100 or more "
+                         f"give a stable 95th percentile)")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return _latency_summary([1000 * t for t in times])
+
+
+def _latency_summary(ms: list[float]) -> dict[str, Any]:
+    values = np.array(ms)
+    return {"median_ms": float(np.median(values)), "p95_ms": float(np.percentile(values, 95)),
+            "mean_ms": float(values.mean()), "runs": len(ms), "times_ms": list(ms)}
+
+
+def compare_latency(calls: Mapping[str, Callable[[], Any]], runs: int = 100, warmup: int = 5,
+                    rounds: int = 10) -> dict[str, dict[str, Any]]:
+    """
+    `latency` of several callables, interleaved: after `warmup` calls of each, `rounds` rounds in
+    which each callable makes `runs / rounds` timed calls in turn. A machine that speeds up or
+    slows down during the measurement (another process, the clock, the caches) then shifts every
+    callable alike, instead of whichever happened to be timed at that moment.
+    """
+    if runs < 1 or rounds < 1 or runs % rounds:
+        raise ValueError(f"need runs >= 1 split evenly into rounds >= 1, got runs={runs}, rounds={rounds}")
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, fn in calls.items():
+            times[name] += latency(fn, runs=runs // rounds, warmup=0)["times_ms"]
+    return {name: _latency_summary(ms) for name, ms in times.items()}

@@ -295,9 +295,15 @@ def test_trainable_state_dict_holds_only_trainable_detached_tensors():
     assert all(not t.requires_grad and t.device.type == "cpu" for t in state.values())
 
 
-def test_forward_latency():
-    seconds = pm.forward_latency(tiny_bert().train(), bert_inputs(), repeats=2, warmup=1)
-    assert seconds > 0
+def test_forward_latencies_time_each_model_in_turn_in_eval_mode_and_restore_it():
+    first, second = tiny_bert().train(), tiny_bert().eval()
+    order = []
+    for name, model in (("first", first), ("second", second)):
+        model.register_forward_pre_hook(lambda module, args, name=name: order.append((name, module.training)))
+    seconds = pm.forward_latencies({"first": first, "second": second}, bert_inputs(), repeats=3, warmup=1)
+    assert set(seconds) == {"first", "second"} and all(s > 0 for s in seconds.values())
+    assert order == [("first", False), ("second", False)] * 4  # warm-up, then one call each per round
+    assert first.training and not second.training
 
 
 # ---------------------------------------------------------------------------- save / load

@@ -361,3 +361,28 @@ def test_batched_inference_shows_a_bar_only_when_it_is_long(progress_env, capsys
     assert short.shape == (5, 2) and capsys.readouterr().err == ""
     long = finetuning.predict_logits(model, {"input_ids": torch.ones(25, 3)}, batch_size=1)
     assert long.shape == (25, 2) and "predict: 100%" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ timing
+
+
+def test_latency_statistics_and_bad_runs():
+    out = runtime.latency(lambda: sum(range(100)), runs=20, warmup=2)
+    assert len(out["times_ms"]) == 20 and out["runs"] == 20
+    assert min(out["times_ms"]) <= out["median_ms"] <= out["p95_ms"] <= max(out["times_ms"])
+    with pytest.raises(ValueError, match="at least one timed run"):
+        runtime.latency(lambda: None, runs=0)
+
+
+def test_compare_latency_interleaves_the_calls(monkeypatch):
+    """Warm-up calls of each, then rounds in which each callable runs its share in turn; a clock
+    that ticks 1 ms per reading shows every call took 1 ms."""
+    calls, clock = [], iter(range(10_000))
+    monkeypatch.setattr(runtime.time, "perf_counter", lambda: next(clock) / 1000)
+    out = runtime.compare_latency({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                  runs=4, warmup=1, rounds=2)
+    assert "".join(calls) == "ab" + "aabb" * 2
+    assert {name: t["runs"] for name, t in out.items()} == {"a": 4, "b": 4}
+    assert out["a"]["times_ms"] == pytest.approx([1.0] * 4) and out["b"]["median_ms"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="split evenly"):
+        runtime.compare_latency({"a": lambda: None}, runs=5, rounds=2)
