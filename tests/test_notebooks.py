@@ -79,8 +79,6 @@ def test_one_explorer_cell_tagged_widget(notebook):
     )
 
 
-
-
 def _binds_and_reads(source: str) -> tuple[set[str], set[str]]:
     """The names a cell binds and the names it reads (at any depth, builtins aside)."""
     code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
